@@ -1,0 +1,42 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both set up .venv from scratch when it is missing; every set-up step lives here.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medpipe-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test setup system-deps lint clean bench
+
+setup: $(STAMP) system-deps
+
+# torch first, from the pinned wheels (pip finds them on local disk), then the project and its extras.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# dcm2niix is the reference converter the ingestion tests compare against (Debian package).
+system-deps:
+	@command -v dcm2niix >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix) >/dev/null; \
+	  else echo "note: dcm2niix not installed and not root; tests comparing against it will be skipped"; fi; }
+
+demo: setup
+	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
+
+test: setup
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check medpipe tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,174 @@
+"""Artifact types: what flows between stages, and its file form.
+
+Every artifact has a file form (NIfTI + JSON sidecar for images, JSON for tables, a
+manifest for produced files) so any stage can run in its own process: that is what lets
+Snakemake and Airflow schedule stages on other machines. A stage declares its inputs
+and outputs with these types; the graph checks that connected ports agree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medpipe.errors import PipelineError
+from medpipe.image import Image, ImageMeta
+
+__all__ = ["Artifact", "ImageArtifact", "LabelArtifact", "TableArtifact", "FilesArtifact", "ARTIFACT_TYPES"]
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dump_json(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_json_default, sort_keys=False) + "\n")
+
+
+class Artifact:
+    """An artifact type: a name, how to check a value, how to save/load it under a stem."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def save(cls, value: Any, stem: Path) -> list[Path]:
+        """Write ``value`` to files named ``stem.*``; return the files written."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, stem: Path) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def accepts(cls, other: type[Artifact]) -> bool:
+        """May an output of type ``other`` feed an input of this type?"""
+        return issubclass(other, cls)
+
+
+class ImageArtifact(Artifact):
+    name = "image"
+    description = "an Image (NIfTI + JSON sidecar with metadata)"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        if not isinstance(value, Image):
+            raise PipelineError(f"{where} must be an Image, got {type(value).__name__}")
+
+    @classmethod
+    def save(cls, value: Image, stem: Path) -> list[Path]:
+        nii = stem.with_name(stem.name + ".nii.gz")
+        meta = stem.with_name(stem.name + ".meta.json")
+        value.to_nibabel().to_filename(str(nii))
+        dump_json(
+            {"meta": value.meta.to_dict(), "is_label": value.is_label, "dtype": str(value.array.dtype)},
+            meta,
+        )
+        return [nii, meta]
+
+    @classmethod
+    def load(cls, stem: Path) -> Image:
+        import nibabel as nib
+
+        nii = stem.with_name(stem.name + ".nii.gz")
+        side = json.loads(stem.with_name(stem.name + ".meta.json").read_text())
+        img = nib.load(str(nii))
+        out = Image.from_nibabel(img, ImageMeta.from_dict(side["meta"]), bool(side["is_label"]))
+        if str(out.array.dtype) != side["dtype"]:
+            out = out.with_array(out.array.astype(side["dtype"]))
+        return out
+
+
+class LabelArtifact(ImageArtifact):
+    name = "labels"
+    description = "an integer label map Image"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        super().check(value, where)
+        if not value.is_label:
+            raise PipelineError(f"{where} must be a label map (Image with is_label=True)")
+
+
+class TableArtifact(Artifact):
+    name = "table"
+    description = "a JSON-serialisable dict (statistics, DICOM references, reports)"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            raise PipelineError(f"{where} must be a dict, got {type(value).__name__}")
+
+    @classmethod
+    def save(cls, value: dict, stem: Path) -> list[Path]:
+        p = stem.with_name(stem.name + ".json")
+        dump_json(value, p)
+        return [p]
+
+    @classmethod
+    def load(cls, stem: Path) -> dict:
+        return json.loads(stem.with_name(stem.name + ".json").read_text())
+
+
+class FilesArtifact(Artifact):
+    """Files a stage produced in its work folder (PNG, DICOM SEG, exported NIfTI...).
+
+    The value is a ``dict[str, Path]`` (role -> file). Saving copies the files into the
+    artifact folder ``stem/`` so the run directory owns them.
+    """
+
+    name = "files"
+    description = "named files produced by a stage"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        if not isinstance(value, dict) or not all(isinstance(v, (str, Path)) for v in value.values()):
+            raise PipelineError(f"{where} must be a dict of role -> file path")
+        for role, p in value.items():
+            if not Path(p).exists():
+                raise PipelineError(f"{where}: file for {role!r} does not exist: {p}")
+
+    @classmethod
+    def save(cls, value: dict, stem: Path) -> list[Path]:
+        folder = stem.with_name(stem.name + ".files")
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {}
+        written = []
+        for role, p in value.items():
+            p = Path(p)
+            dst = folder / p.name
+            if p.resolve() != dst.resolve():
+                if p.is_dir():
+                    shutil.copytree(p, dst, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(p, dst)
+            manifest[role] = dst.name
+            written.append(dst)
+        m = folder / "manifest.json"
+        dump_json(manifest, m)
+        return [*written, m]
+
+    @classmethod
+    def load(cls, stem: Path) -> dict[str, Path]:
+        folder = stem.with_name(stem.name + ".files")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return {role: folder / name for role, name in manifest.items()}
+
+
+ARTIFACT_TYPES: dict[str, type[Artifact]] = {
+    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact)
+}
