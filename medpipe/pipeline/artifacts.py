@@ -18,7 +18,15 @@ import numpy as np
 from medpipe.errors import PipelineError
 from medpipe.image import Image, ImageMeta
 
-__all__ = ["Artifact", "ImageArtifact", "LabelArtifact", "TableArtifact", "FilesArtifact", "ARTIFACT_TYPES"]
+__all__ = [
+    "Artifact",
+    "ImageArtifact",
+    "LabelArtifact",
+    "TableArtifact",
+    "FilesArtifact",
+    "StudyInputArtifact",
+    "ARTIFACT_TYPES",
+]
 
 
 def _json_default(o: Any) -> Any:
@@ -169,6 +177,35 @@ class FilesArtifact(Artifact):
         return {role: folder / name for role, name in manifest.items()}
 
 
+class StudyInputArtifact(Artifact):
+    """The study a run was started on (a DICOM folder, a zip or a NIfTI file).
+
+    The runner provides it as the pseudo-output ``input.study``; a pipeline feeds it to
+    its ingestion stage with ``inputs: {study: input.study}``. The value is the study's
+    ``Path``; stages read from it and never write to it.
+    """
+
+    name = "study"
+    description = "the path of the study the run was started on (read-only)"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        if not isinstance(value, (str, Path)):
+            raise PipelineError(f"{where} must be a path, got {type(value).__name__}")
+        if not Path(value).exists():
+            raise PipelineError(f"{where}: study {value} does not exist")
+
+    @classmethod
+    def save(cls, value: str | Path, stem: Path) -> list[Path]:
+        p = stem.with_name(stem.name + ".json")
+        dump_json({"path": str(Path(value).resolve())}, p)
+        return [p]
+
+    @classmethod
+    def load(cls, stem: Path) -> Path:
+        return Path(json.loads(stem.with_name(stem.name + ".json").read_text())["path"])
+
+
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {
-    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact)
+    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact, StudyInputArtifact)
 }
