@@ -1,0 +1,517 @@
+"""Run a pipeline on one study: cached, resumable, with provenance.
+
+Layout of a study's run directory ``OUT/<study>/``::
+
+    run.json                        provenance, rewritten atomically after every stage
+    artifacts/input/study.json      the study path (the ``input.study`` pseudo-artifact)
+    artifacts/<stage>/<output>.*    a stage's outputs, plus _record.json (key + hashes)
+    logs/<stage>.log                traceback and warnings of a stage that failed/warned
+
+A stage runs inside ``artifacts/.<stage>.tmp-<pid>-<rand>/`` (its ``ctx.workdir`` is
+``work/`` in there); its outputs are saved next to ``work/`` and the folder is renamed
+to ``artifacts/<stage>/`` only when everything is written, so a failed or killed stage
+never leaves a half-written artifact. ``_record.json`` travels inside that rename: a
+stage folder that exists is complete, whatever happened to run.json afterwards.
+
+Why our own runner: the guarantees above (atomic stage outputs, content-hash caching,
+resume, per-stage provenance) are the product; Snakemake/Airflow call ``run_stage``
+to get the same guarantees one stage at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medpipe.errors import InputError, MedpipeError, PipelineError
+from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact
+from medpipe.pipeline.cache import hash_files, hash_study, stage_key
+from medpipe.pipeline.graph import PipelineGraph
+from medpipe.pipeline.provenance import (
+    RUN_SCHEMA,
+    PeakMemory,
+    host_info,
+    locked,
+    now_iso,
+    process_peak_rss_mb,
+    read_run_record,
+    software_versions,
+    write_run_record,
+)
+from medpipe.pipeline.spec import INPUT_STAGE, PipelineSpec, load_pipeline, split_ref
+from medpipe.pipeline.stage import StageContext
+
+__all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink"]
+
+EventSink = Callable[[dict[str, Any]], None]
+RECORD = "_record.json"
+_STUDY_SUFFIXES = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class RunResult:
+    """How one study's run ended."""
+
+    study: str
+    run_dir: Path
+    status: str  # "done" | "failed"
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> done/cached/failed/skipped
+    failed_stage: str | None = None
+    error: str | None = None
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # ref -> files (relative to run_dir)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def n_run(self) -> int:
+        return sum(s == "done" for s in self.stages.values())
+
+    @property
+    def n_cached(self) -> int:
+        return sum(s == "cached" for s in self.stages.values())
+
+    @classmethod
+    def from_record(cls, run_dir: Path, record: dict[str, Any]) -> RunResult:
+        err = record.get("error") or {}
+        return cls(
+            study=record["study"]["name"],
+            run_dir=Path(run_dir),
+            status=record.get("status", "failed"),
+            stages={k: v.get("status", "pending") for k, v in record.get("stages", {}).items()},
+            failed_stage=err.get("stage"),
+            error=err.get("message"),
+            outputs=record.get("outputs", {}),
+            duration_s=float(record.get("duration_s") or 0.0),
+        )
+
+
+def study_name_of(path: str | Path) -> str:
+    """``/data/case_001.nii.gz`` -> ``case_001``; a folder keeps its name."""
+    name = Path(path).resolve().name
+    for suf in _STUDY_SUFFIXES:
+        if name.lower().endswith(suf) and len(name) > len(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MedpipeError):
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
+class _StudyRun:
+    """The state of one study's run directory, shared by run_pipeline and run_stage."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        run_dir: Path,
+        study: str,
+        *,
+        device: str = "cpu",
+        force: bool = False,
+        events: EventSink | None = None,
+    ) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.study = study
+        self.device = device
+        self.force = force
+        self.events = events or (lambda e: None)
+        self.artifacts = run_dir / "artifacts"
+        self.logs = run_dir / "logs"
+        self.hashes: dict[str, str] = {}  # "stage.output" -> content hash
+        self.values: dict[str, Any] = {}  # in-memory outputs still needed downstream
+        self.versions = software_versions()
+
+    # -- files ---------------------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        return self.artifacts / stage
+
+    def clean_stale_temps(self) -> None:
+        """Remove temp folders of stages whose process is gone (a crash or kill)."""
+        if not self.artifacts.is_dir():
+            return
+        for tmp in self.artifacts.glob(".*.tmp-*"):
+            try:
+                pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def set_input(self, study_path: Path) -> None:
+        study_hash = hash_study(study_path)
+        folder = self.stage_dir(INPUT_STAGE)
+        rec = _read_json(folder / RECORD)
+        if rec.get("hash") != study_hash or rec.get("path") != str(study_path.resolve()):
+            self._publish(INPUT_STAGE, lambda tmp: self._write_input(tmp, study_path, study_hash))
+        self.hashes[f"{INPUT_STAGE}.study"] = study_hash
+        self.values[f"{INPUT_STAGE}.study"] = study_path.resolve()
+
+    def load_input(self) -> Path:
+        rec = _read_json(self.stage_dir(INPUT_STAGE) / RECORD)
+        if not rec:
+            raise PipelineError(f"{self.run_dir}: no study recorded yet; pass the study path")
+        self.hashes[f"{INPUT_STAGE}.study"] = rec["hash"]
+        return Path(rec["path"])
+
+    @staticmethod
+    def _write_input(tmp: Path, study_path: Path, study_hash: str) -> None:
+        StudyInputArtifact.save(study_path, tmp / "study")
+        (tmp / RECORD).write_text(
+            json.dumps({"path": str(study_path.resolve()), "hash": study_hash}, indent=2) + "\n"
+        )
+
+    def _publish(self, stage: str, fill: Callable[[Path], None]) -> None:
+        """Fill a fresh temp folder and rename it to ``artifacts/<stage>``; all or nothing."""
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        tmp = self.artifacts / f".{stage}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+        tmp.mkdir()
+        try:
+            fill(tmp)
+            final = self.stage_dir(stage)
+            if final.exists():
+                old = self.artifacts / f".{stage}.tmp-{os.getpid()}-old-{secrets.token_hex(3)}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- cache ---------------------------------------------------------------------------
+    def key_of(self, stage: str) -> str:
+        st = self.spec.stages[stage]
+        cls = self.spec.stage_class(stage)
+        inputs = {port: self.hashes[ref] for port, ref in sorted(st.inputs.items())}
+        version = getattr(cls, "version", None)
+        return stage_key(
+            st.kind, self.spec.resolved_params(stage), inputs, self.versions["medpipe"] or "",
+            None if version is None else str(version),
+        )
+
+    def completed(self, stage: str, key: str | None) -> dict[str, str] | None:
+        """Output hashes of a finished stage whose files verify (and whose key matches)."""
+        folder = self.stage_dir(stage)
+        rec = _read_json(folder / RECORD)
+        if not rec or (key is not None and rec.get("key") != key):
+            return None
+        outs = self.spec.stage_class(stage).outputs
+        hashes: dict[str, str] = {}
+        for out in outs:
+            files = rec.get("files", {}).get(out)
+            if files is None or not all((folder / f).exists() for f in files):
+                return None
+            h = hash_files([folder / f for f in files], folder)
+            if h != rec.get("hashes", {}).get(out):
+                return None
+            hashes[out] = h
+        return hashes
+
+    def value(self, ref: str) -> Any:
+        if ref not in self.values:
+            stage, out = split_ref(ref)
+            typ = self.spec.output_type(ref)
+            return typ.load(self.stage_dir(stage) / out)
+        return self.values[ref]
+
+    # -- running one stage -----------------------------------------------------------------
+    def execute(self, stage: str, key: str) -> dict[str, Any]:
+        """Run ``stage`` in its temp folder and publish its outputs; returns its record."""
+        st = self.spec.stages[stage]
+        cls = self.spec.stage_class(stage)
+        started = time.perf_counter()
+        kept: dict[str, Any] = {}
+        entry: dict[str, Any] = {}
+
+        def tracker(iterable: Iterable[Any], total: int | None = None, description: str = ""):
+            if total is None and hasattr(iterable, "__len__"):
+                total = len(iterable)  # type: ignore[arg-type]
+            for i, item in enumerate(iterable, 1):
+                yield item
+                self.events({"event": "track", "study": self.study, "stage": stage,
+                             "completed": i, "total": total, "description": description})
+
+        def fill(tmp: Path) -> None:
+            workdir = tmp / "work"
+            workdir.mkdir()
+            ctx = StageContext(stage=stage, workdir=workdir, study=self.study, device=self.device, tracker=tracker)
+            inputs = {port: self.value(ref) for port, ref in st.inputs.items()}
+            instance = self.spec.build_stage(stage)
+            with PeakMemory() as mem:
+                result = instance.run(inputs, ctx)
+            if not isinstance(result, dict):
+                raise PipelineError(f"stage {stage!r} ({st.kind}) returned {type(result).__name__}, not a dict of outputs")
+            missing = [o for o in cls.outputs if o not in result]
+            extra = [o for o in result if o not in cls.outputs]
+            if missing or extra:
+                raise PipelineError(
+                    f"stage {stage!r} ({st.kind}) returned outputs {sorted(result)}, declared {sorted(cls.outputs)}"
+                )
+            files: dict[str, list[str]] = {}
+            hashes: dict[str, str] = {}
+            for out, typ in cls.outputs.items():
+                typ.check(result[out], f"output {out!r} of stage {stage!r}")
+                written = typ.save(result[out], tmp / out)
+                files[out] = sorted({str(Path(w).relative_to(tmp).parts[0]) for w in written})
+                hashes[out] = hash_files([tmp / f for f in files[out]], tmp)
+                if not issubclass(typ, FilesArtifact):  # files artifacts point into work/: reload from disk
+                    kept[f"{stage}.{out}"] = result[out]
+            shutil.rmtree(workdir, ignore_errors=True)
+            entry.update(
+                key=key, kind=st.kind, params=self.spec.resolved_params(stage), files=files, hashes=hashes,
+                facts=ctx.facts, warnings=list(ctx.warnings), peak_rss_mb=mem.peak_mb,
+            )
+            (tmp / RECORD).write_text(json.dumps(entry, indent=2, default=str) + "\n")
+            if ctx.warnings:
+                self._write_log(stage, "\n".join(f"warning: {w}" for w in ctx.warnings))
+
+        self._publish(stage, fill)
+        for out, h in entry["hashes"].items():
+            self.hashes[f"{stage}.{out}"] = h
+        self.values.update(kept)
+        entry["duration_s"] = round(time.perf_counter() - started, 3)
+        return entry
+
+    def _write_log(self, stage: str, text: str) -> None:
+        from medpipe.io.atomic import atomic_path
+
+        with atomic_path(self.logs / f"{stage}.log") as tmp:
+            tmp.write_text(text + "\n")
+
+    def run_one(self, stage: str) -> dict[str, Any]:
+        """Run or reuse ``stage``; returns its run.json entry (status done/cached/failed)."""
+        st = self.spec.stages[stage]
+        key = self.key_of(stage)
+        entry: dict[str, Any] = {"kind": st.kind, "key": key, "started": now_iso()}
+        cached = None if self.force else self.completed(stage, key)
+        if cached is not None:
+            for out, h in cached.items():
+                self.hashes[f"{stage}.{out}"] = h
+            rec = _read_json(self.stage_dir(stage) / RECORD)
+            entry.update(status="cached", finished=now_iso(), duration_s=0.0, facts=rec.get("facts", {}),
+                         warnings=rec.get("warnings", []))
+            return entry
+        try:
+            done = self.execute(stage, key)
+        except (Exception, SystemExit) as exc:  # a stage calling sys.exit is a failed stage too
+            entry.update(status="failed", finished=now_iso(), error=_one_line(exc))
+            self._write_log(stage, f"stage {stage!r} ({st.kind}) failed on study {self.study!r}\n\n"
+                            + "".join(traceback.format_exception(exc)))
+            return entry
+        entry.update(status="done", finished=now_iso(), duration_s=done["duration_s"],
+                     peak_rss_mb=done["peak_rss_mb"], facts=done["facts"], warnings=done["warnings"])
+        return entry
+
+    def output_files(self, refs: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for ref in refs:
+            stage, name = split_ref(ref)
+            rec = _read_json(self.stage_dir(stage) / RECORD)
+            files = rec.get("files", {}).get(name)
+            if files:
+                out[ref] = [str(Path("artifacts") / stage / f) for f in files]
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _as_spec(spec: PipelineSpec | str | Path, overrides: Sequence[str] | None) -> PipelineSpec:
+    if not isinstance(spec, PipelineSpec):
+        return load_pipeline(spec, overrides or ())
+    return spec.with_overrides(overrides) if overrides else spec
+
+
+def _base_record(spec: PipelineSpec, graph: PipelineGraph, study: str, study_path: Path | None, device: str) -> dict[str, Any]:
+    return {
+        "schema": RUN_SCHEMA,
+        "pipeline": {
+            "name": spec.name, "description": spec.description, "version": spec.version,
+            "file": spec.source, "file_hash": spec.file_hash, "overrides": spec.overrides,
+        },
+        "params": {n: {"kind": spec.stages[n].kind, "params": spec.resolved_params(n),
+                       "inputs": dict(spec.stages[n].inputs)} for n in graph.order},
+        "study": {"name": study, "path": str(study_path.resolve()) if study_path else None, "hash": None},
+        "device": device,
+        "versions": software_versions(),
+        "host": host_info(),
+        "status": "running",
+        "started": now_iso(),
+        "finished": None,
+        "duration_s": None,
+        "peak_rss_mb": None,
+        "stages": {n: {"kind": spec.stages[n].kind, "status": "pending"} for n in graph.order},
+        "outputs": {},
+        "error": None,
+    }
+
+
+def run_pipeline(
+    spec: PipelineSpec | str | Path,
+    study_path: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    overrides: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    force: bool = False,
+    study_name: str | None = None,
+    events: EventSink | None = None,
+) -> RunResult:
+    """Run ``spec`` on one study into ``out_dir/<study>/``; stages whose inputs and params
+    are unchanged are reused, a crashed run resumes. Stage failures are recorded, not raised.
+
+    Example:
+        >>> result = run_pipeline("ct-organs", "study_dir", "out")   # doctest: +SKIP
+        >>> result.status, result.stages
+    """
+    spec = _as_spec(spec, overrides)
+    study_path = Path(study_path)
+    if not study_path.exists():
+        raise InputError(f"study {study_path} does not exist")
+    study = study_name or study_name_of(study_path)
+    run_dir = Path(out_dir) / study
+    graph = PipelineGraph(spec)
+    want = list(targets or spec.outputs)
+    if want:
+        graph = graph.subgraph(want)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir / ".lock", blocking=False) as ok:
+        if not ok:
+            raise PipelineError(f"{run_dir} is in use by another medpipe run")
+        return _run_locked(spec, graph, run_dir, study, study_path, device, force, events)
+
+
+def _run_locked(
+    spec: PipelineSpec, graph: PipelineGraph, run_dir: Path, study: str, study_path: Path,
+    device: str, force: bool, events: EventSink | None,
+) -> RunResult:
+    run = _StudyRun(spec, run_dir, study, device=device, force=force, events=events)
+    emit = run.events
+    record = _base_record(spec, graph, study, study_path, device)
+    t0 = time.perf_counter()
+
+    def save() -> None:
+        record["peak_rss_mb"] = process_peak_rss_mb()
+        write_run_record(run_dir, record)
+
+    run.clean_stale_temps()
+    emit({"event": "study_start", "study": study, "stages": list(graph.order)})
+    run.set_input(study_path)
+    record["study"]["hash"] = run.hashes[f"{INPUT_STAGE}.study"]
+    save()
+
+    remaining = {ref: len(users) for ref, users in spec.consumers().items()}
+    failed: str | None = None
+    for name in graph.order:
+        entry = record["stages"][name]
+        if failed is not None:
+            entry["status"] = "skipped"
+            emit({"event": "stage_end", "study": study, "stage": name, "status": "skipped"})
+            continue
+        entry.update(status="running", started=now_iso())
+        save()
+        emit({"event": "stage_start", "study": study, "stage": name})
+        entry.clear()
+        entry.update(run.run_one(name))
+        emit({"event": "stage_end", "study": study, "stage": name, "status": entry["status"],
+              "error": entry.get("error")})
+        if entry["status"] == "failed":
+            failed = name
+            record["error"] = {"stage": name, "message": entry["error"]}
+        for ref in spec.stages[name].inputs.values():  # free what nobody downstream needs
+            remaining[ref] = remaining.get(ref, 1) - 1
+            if remaining[ref] <= 0:
+                run.values.pop(ref, None)
+        save()
+
+    record["status"] = "failed" if failed else "done"
+    record["finished"] = now_iso()
+    record["duration_s"] = round(time.perf_counter() - t0, 3)
+    results = [r for r in spec.result_refs() if split_ref(r)[0] in graph]
+    record["outputs"] = run.output_files(results)
+    save()
+    result = RunResult.from_record(run_dir, record)
+    emit({"event": "study_end", "study": study, "status": result.status})
+    return result
+
+
+def run_stage(
+    spec: PipelineSpec | str | Path,
+    stage: str,
+    run_dir: str | Path,
+    *,
+    study_path: str | Path | None = None,
+    device: str = "cpu",
+    overrides: Sequence[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run ONE stage of a study from the artifacts already in ``run_dir`` (the per-stage
+    entry for Snakemake/Airflow). Upstream stages must have completed. Returns the stage's
+    run.json entry; raises PipelineError if the stage fails.
+    """
+    spec = _as_spec(spec, overrides)
+    run_dir = Path(run_dir)
+    if stage not in spec.stages:
+        raise PipelineError(f"{spec.source}: no stage {stage!r} (stages: {', '.join(spec.stages)})")
+    study = run_dir.name
+    run = _StudyRun(spec, run_dir, study, device=device, force=force)
+    with locked(run_dir / ".lock", blocking=False) as ok:
+        if not ok:
+            raise PipelineError(f"{run_dir} is in use by a medpipe run of the whole pipeline")
+    if study_path is not None:
+        run.set_input(Path(study_path))
+    else:
+        study_path = run.load_input()
+    graph = PipelineGraph(spec)
+    for up in sorted(graph.deps[stage]):
+        hashes = run.completed(up, None)
+        if hashes is None:
+            raise PipelineError(
+                f"stage {stage!r} needs the outputs of stage {up!r}, which has not completed in {run_dir}"
+            )
+        for out, h in hashes.items():
+            run.hashes[f"{up}.{out}"] = h
+    entry = run.run_one(stage)
+    with locked(run_dir / ".record.lock"):
+        record = read_run_record(run_dir) or _base_record(spec, graph, study, Path(study_path), device)
+        record["study"]["hash"] = run.hashes[f"{INPUT_STAGE}.study"]
+        record.setdefault("stages", {})[stage] = entry
+        if entry["status"] == "failed":
+            record["status"] = "failed"
+            record["error"] = {"stage": stage, "message": entry["error"]}
+        elif all(record["stages"].get(n, {}).get("status") in ("done", "cached") for n in graph.order):
+            record["status"] = "done"
+            record["error"] = None
+            record["outputs"] = run.output_files(spec.result_refs())
+        write_run_record(run_dir, record)
+    if entry["status"] == "failed":
+        raise PipelineError(f"stage {stage!r} failed on study {study!r}: {entry['error']}")
+    return entry
