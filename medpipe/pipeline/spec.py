@@ -237,7 +237,6 @@ def parse_pipeline(
         file_hash = hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
     raw = _apply_overrides(raw, overrides, source)
     spec = _validate(raw, source)
-    spec._source = source
     spec._file_hash = file_hash
     spec._overrides = list(overrides)
     return spec
@@ -338,6 +337,7 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineSpec:
     except ValidationError as exc:
         _, reason = _pydantic_reason(exc, ("name", "description", "version", "stages", "outputs"))
         raise PipelineError(f"{source}: {reason}") from None
+    spec._source = source
     if not spec.stages:
         raise PipelineError(f"{source}: the pipeline has no stages")
     if "\n" in spec.description.strip():
