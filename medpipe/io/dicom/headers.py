@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
 
 from medpipe.io.dicom.model import FrameRecord, NonImageObject
 from medpipe.io.dicom.sources import Source
 
-__all__ = ["HeaderResult", "read_header", "SIDECAR_TAGS", "NON_IMAGE_MODALITIES"]
+__all__ = ["HeaderResult", "read_header", "read_sidecar_tags", "SIDECAR_TAGS", "NON_IMAGE_MODALITIES"]
+
+_TAGS: dict[str, int] = {}
 
 # Objects that carry no image volume even when they are DICOM: listed, never loaded.
 NON_IMAGE_MODALITIES = {
@@ -51,7 +54,6 @@ SIDECAR_TAGS = (
 @dataclass
 class HeaderResult:
     frames: list[FrameRecord] = field(default_factory=list)
-    tags: dict[str, Any] = field(default_factory=dict)
     modality: str = ""
     description: str = ""
     series_number: int | None = None
@@ -92,6 +94,17 @@ def _float(x: Any, default: float | None = None) -> float | None:
         return float(x) if x is not None and x != "" else default
     except (TypeError, ValueError):
         return default
+
+
+def _get(ds, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword)`` without pydicom's slow keyword lookup for absent tags."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    if tag not in ds:
+        return default
+    value = ds[tag].value
+    return default if value is None or value == "" else value
 
 
 def _first(seq_parent: Any, seq_name: str) -> Any:
@@ -173,12 +186,12 @@ def read_header(src: Source) -> HeaderResult:
 def _records(src: Source, ds, fh, size: int) -> HeaderResult:
     from pydicom.uid import UID
 
-    modality = str(ds.get("Modality", "") or "")
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    modality = str(_get(ds, "Modality", "") or "")
+    sop_class = str(_get(ds, "SOPClassUID", "") or "")
     if not sop_class and "SOPInstanceUID" not in ds and "Modality" not in ds:
         return HeaderResult(skipped=True)
-    description = str(ds.get("SeriesDescription", "") or "")
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    description = str(_get(ds, "SeriesDescription", "") or "")
+    series_uid = str(_get(ds, "SeriesInstanceUID", "") or "")
     is_non_image = (
         modality.upper() in NON_IMAGE_MODALITIES
         or sop_class.startswith(_NON_IMAGE_SOP_PREFIXES)
@@ -189,7 +202,6 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
         return HeaderResult(
             non_image=NonImageObject(src.label, modality, sop_class, str(name), description, series_uid)
         )
-    tags = {k: _jsonable(ds.get(k)) for k in SIDECAR_TAGS if ds.get(k) not in (None, "")}
     tsuid = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
     if not tsuid:
         implicit, little = ds.original_encoding
@@ -197,36 +209,36 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
     offset, length, pix_problem = _pixel_location(fh, ds, size, tsuid)
     if pix_problem:
         return HeaderResult(error=pix_problem)
-    series_number = ds.get("SeriesNumber")
+    series_number = _get(ds, "SeriesNumber")
     common = dict(
         source=src,
         series_uid=series_uid,
         rows=int(ds.Rows),
         cols=int(ds.Columns),
         transfer_syntax=tsuid,
-        bits_allocated=int(ds.get("BitsAllocated", 16)),
-        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
-        pixel_representation=int(ds.get("PixelRepresentation", 0)),
-        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
-        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+        bits_allocated=int(_get(ds, "BitsAllocated", 16)),
+        bits_stored=int(_get(ds, "BitsStored", _get(ds, "BitsAllocated", 16))),
+        pixel_representation=int(_get(ds, "PixelRepresentation", 0)),
+        samples_per_pixel=int(_get(ds, "SamplesPerPixel", 1)),
+        photometric=str(_get(ds, "PhotometricInterpretation", "MONOCHROME2")).strip(),
+        planar_configuration=int(_get(ds, "PlanarConfiguration", 0) or 0),
         pixel_offset=offset,
         pixel_length=length,
-        gantry_tilt=_float(ds.get("GantryDetectorTilt"), 0.0) or 0.0,
+        gantry_tilt=_float(_get(ds, "GantryDetectorTilt"), 0.0) or 0.0,
     )
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    instance = int(ds.get("InstanceNumber", 0) or 0)
-    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    n_frames = int(_get(ds, "NumberOfFrames", 1) or 1)
+    instance = int(_get(ds, "InstanceNumber", 0) or 0)
+    sop_uid = str(_get(ds, "SOPInstanceUID", "") or "")
     temporal_top = (
-        _float(ds.get("TemporalPositionIdentifier")),
-        _float(ds.get("AcquisitionNumber")),
-        _float(ds.get("TriggerTime")),
-        _float(ds.get("AcquisitionTime")),
+        _float(_get(ds, "TemporalPositionIdentifier")),
+        _float(_get(ds, "AcquisitionNumber")),
+        _float(_get(ds, "TriggerTime")),
+        _float(_get(ds, "AcquisitionTime")),
     )
     frames: list[FrameRecord] = []
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         shared = _first(ds, "SharedFunctionalGroupsSequence")
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence", [])
+        per_frame = _get(ds, "PerFrameFunctionalGroupsSequence", [])
         for i in range(n_frames):
             fg = per_frame[i] if i < len(per_frame) else None
             pos = _fg(fg, shared, "PlanePositionSequence")
@@ -246,8 +258,8 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
                     iop=np.array(iop, float) if iop else None,
                     ipp=np.array(ipp, float) if ipp else None,
                     pixel_spacing=(float(ps[0]), float(ps[1])) if ps else None,
-                    slope=_float(getattr(pvt, "RescaleSlope", None), 1.0) if pvt is not None else _float(ds.get("RescaleSlope"), 1.0),
-                    intercept=_float(getattr(pvt, "RescaleIntercept", None), 0.0) if pvt is not None else _float(ds.get("RescaleIntercept"), 0.0),
+                    slope=_float(getattr(pvt, "RescaleSlope", None), 1.0) if pvt is not None else _float(_get(ds, "RescaleSlope"), 1.0),
+                    intercept=_float(getattr(pvt, "RescaleIntercept", None), 0.0) if pvt is not None else _float(_get(ds, "RescaleIntercept"), 0.0),
                     echo=(_float(getattr(echo, "EffectiveEchoTime", None)),) if echo is not None else (),
                     temporal=(
                         _float(getattr(content, "TemporalPositionIndex", None)) if content is not None else None,
@@ -260,11 +272,11 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
                 )
             )
     else:
-        iop = ds.get("ImageOrientationPatient")
-        ipp = ds.get("ImagePositionPatient")
-        ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-        thick = _float(ds.get("SliceThickness"))
-        between = _float(ds.get("SpacingBetweenSlices"))
+        iop = _get(ds, "ImageOrientationPatient")
+        ipp = _get(ds, "ImagePositionPatient")
+        ps = _get(ds, "PixelSpacing") or _get(ds, "ImagerPixelSpacing")
+        thick = _float(_get(ds, "SliceThickness"))
+        between = _float(_get(ds, "SpacingBetweenSlices"))
         ipp_arr = np.array(ipp, float) if ipp else None
         iop_arr = np.array(iop, float) if iop else None
         for i in range(n_frames):
@@ -281,9 +293,9 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
                     iop=iop_arr,
                     ipp=frame_ipp,
                     pixel_spacing=(float(ps[0]), float(ps[1])) if ps else None,
-                    slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
-                    intercept=_float(ds.get("RescaleIntercept"), 0.0) or 0.0,
-                    echo=(_float(ds.get("EchoNumbers")), _float(ds.get("EchoTime"))),
+                    slope=_float(_get(ds, "RescaleSlope"), 1.0) or 1.0,
+                    intercept=_float(_get(ds, "RescaleIntercept"), 0.0) or 0.0,
+                    echo=(_float(_get(ds, "EchoNumbers")), _float(_get(ds, "EchoTime"))),
                     temporal=temporal_top,
                     instance_number=instance,
                     slice_thickness=thick,
@@ -293,8 +305,24 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
             )
     return HeaderResult(
         frames=frames,
-        tags=tags,
         modality=modality,
         description=description,
         series_number=int(series_number) if series_number not in (None, "") else None,
     )
+
+
+def read_sidecar_tags(src: Source) -> dict[str, Any]:
+    """The key tags of one file (read once per series, for the sidecar)."""
+    import pydicom
+
+    try:
+        with src.open() as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+    except Exception:
+        return {}
+    out = {}
+    for k in SIDECAR_TAGS:
+        v = _get(ds, k)
+        if v is not None:
+            out[k] = _jsonable(v)
+    return out

@@ -230,7 +230,8 @@ def rescale_frames(stored: np.ndarray, frames: list[FrameRecord]) -> np.ndarray:
         lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         lo, hi = lo + inters.min(), hi + inters.max()
         target = np.int16 if (lo >= -32768 and hi <= 32767) else np.int32
-        out = arr.astype(target)
+        # ``stored`` is our own fresh buffer: add in place when the type already fits.
+        out = arr if arr.dtype == target else arr.astype(target)
         if np.all(inters == inters[0]):
             out += target(inters[0])
         else:

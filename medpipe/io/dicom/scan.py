@@ -11,7 +11,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from medpipe.io.dicom.headers import HeaderResult, read_header
+from medpipe.io.dicom.headers import HeaderResult, read_header, read_sidecar_tags
 from medpipe.io.dicom.model import FrameRecord, StudyScan
 from medpipe.io.dicom.series import SeriesHeader, build_series
 from medpipe.io.dicom.sources import iter_sources
@@ -50,7 +50,7 @@ def scan_study(path: str | Path, *, progress: bool = False) -> StudyScan:
                 frames_by_uid[fr.series_uid].append(fr)
             uid = res.frames[0].series_uid if res.frames else ""
             if res.frames and uid not in headers:
-                headers[uid] = SeriesHeader(res.modality, res.description, res.series_number, res.tags)
+                headers[uid] = SeriesHeader(res.modality, res.description, res.series_number, {})
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(read_header, sources)
@@ -65,5 +65,7 @@ def scan_study(path: str | Path, *, progress: bool = False) -> StudyScan:
         else:
             for src, res in zip(sources, results, strict=True):
                 consume(src.label, res)
+    for uid, frames in frames_by_uid.items():  # key tags for the sidecar: one file per series
+        headers[uid].tags = read_sidecar_tags(frames[0].source)
     scan.series = build_series(frames_by_uid, headers)
     return scan
