@@ -178,7 +178,7 @@ def ct_phantom(
     ``seed`` always drives the noise; with ``vary=True`` it also draws body size, organ
     positions, sizes and shapes and the noise level (for training sets).
     """
-    shape, spacing = _check_shape(shape, spacing, 16)
+    shape, spacing = _check_shape(shape, spacing, 8)
     vr = np.random.default_rng([seed, 7]) if vary else None
     shape_rng = np.random.default_rng([seed, 11]) if vary else np.random.default_rng(20240601)
     noise_rng = np.random.default_rng([seed, 13])
@@ -293,7 +293,7 @@ def mr_brain_phantom(
     Scalp, skull, CSF, folded cortex, white matter, deep grey nuclei and ventricles, with a
     smooth multiplicative bias field and Rician noise.
     """
-    shape, spacing = _check_shape(shape, spacing, 16)
+    shape, spacing = _check_shape(shape, spacing, 8)
     vr = np.random.default_rng([seed, 7]) if vary else None
     noise_rng = np.random.default_rng([seed, 13])
     u, v, w = _axes(shape)
