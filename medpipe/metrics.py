@@ -1,0 +1,257 @@
+"""Segmentation metrics in millimetres: Dice, HD95, normalised surface Dice, volume difference.
+
+Why our own when MONAI has them: MONAI's ``compute_hausdorff_distance`` and
+``compute_surface_dice`` each recompute the boundaries and distances for every metric and
+work on one-hot tensors of the whole volume. Evaluation of a case needs all of them for
+every label, so here each label's boundaries and both directed surface-distance sets are
+computed ONCE, on the bounding box of ``pred | gt`` (outside it both masks are empty, so
+cropping changes nothing), with an EDT or a KD-tree whichever is cheaper for the crop,
+and HD95 and NSD are read from the same arrays.
+
+The definitions are MONAI's, and the tests check agreement with MONAI to 1e-6:
+
+- boundary voxels: ``mask ^ binary_erosion(mask)`` (6-connected structuring element,
+  outside the image counts as background);
+- surface distance: Euclidean distance in mm (``spacing`` per voxel axis) from each boundary
+  voxel of one mask to the nearest boundary voxel of the other (exact EDT on the crop);
+- HD95: ``max(q95(d(pred->gt)), q95(d(gt->pred)))``, linear-interpolated percentile;
+- NSD at tolerance ``tau`` mm: boundary voxels of both masks within ``tau`` of the other
+  boundary, divided by all boundary voxels.
+
+Empty-mask conventions (MONAI's):
+
+=======================  ==============================  =========  ======  =====
+case                     Dice (ignore_empty=True/False)  HD95       NSD     vol %
+=======================  ==============================  =========  ======  =====
+both empty               NaN / 1.0                       NaN        NaN     NaN
+GT empty, pred not       NaN / 0.0                       NaN (*)    0.0     NaN
+pred empty, GT not       0.0 / 0.0                       NaN (*)    0.0     -100
+=======================  ==============================  =========  ======  =====
+
+(*) MONAI returns NaN here (the 95th percentile of all-``inf`` distances), and ``inf``
+for the plain maximum (``percentile=None``); we do the same so numbers compare. A missed
+structure therefore shows in Dice (0) and NSD (0), not in HD95.
+
+``evaluate_case`` (what ``medpipe evaluate`` reports) uses nnU-Net's rule for Dice
+instead: both empty -> NaN (left out of means), a false positive on an empty GT -> 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "dice",
+    "surface_distances",
+    "hausdorff_distance",
+    "surface_dice",
+    "volume_difference",
+    "LabelMetrics",
+    "evaluate_case",
+]
+
+
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    return mask if mask.dtype == bool else mask.astype(bool)
+
+
+def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    if np.isscalar(spacing):
+        return (float(spacing),) * ndim  # type: ignore[arg-type]
+    sp = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
+    if len(sp) != ndim:
+        raise ValueError(f"spacing has {len(sp)} values for a {ndim}-D mask")
+    return sp
+
+
+def dice(pred: np.ndarray, gt: np.ndarray, ignore_empty: bool = True) -> float:
+    """Dice of two binary masks; ``ignore_empty`` as in ``monai.metrics.DiceMetric``."""
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    n_gt = int(np.count_nonzero(gt))
+    n_pred = int(np.count_nonzero(pred))
+    if n_gt > 0:
+        return 2.0 * int(np.count_nonzero(pred & gt)) / (n_gt + n_pred)
+    if ignore_empty:
+        return float("nan")
+    return 1.0 if n_pred == 0 else 0.0
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Tight bounding box of a mask, or None when it is empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return None
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """``mask ^ binary_erosion(mask)`` with the 6-connected cross, outside = background.
+
+    Written with shifted ANDs: ~10x faster than ``ndimage.binary_erosion`` and identical.
+    """
+    inner = mask.copy()
+    for axis in range(mask.ndim):
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+        inner[tuple(lo)] &= mask[tuple(hi)]
+        inner[tuple(hi)] &= mask[tuple(lo)]
+        first = [slice(None)] * mask.ndim
+        first[axis] = 0
+        inner[tuple(first)] = False
+        first[axis] = -1
+        inner[tuple(first)] = False
+    return mask ^ inner
+
+
+def _nearest_distances(src: np.ndarray, dst: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+    """Distance (mm) from every True voxel of ``src`` to the nearest True voxel of ``dst``.
+
+    Exact either way: an EDT over the crop when the boundaries fill it densely, a KD-tree
+    over boundary coordinates when they are sparse in it (the cheaper one by measurement:
+    ~0.2 us per crop voxel vs ~1.3 us per boundary voxel on one core).
+    """
+    n_edges = int(np.count_nonzero(src)) + int(np.count_nonzero(dst))
+    if src.size < 6 * n_edges:
+        return ndimage.distance_transform_edt(~dst, sampling=sp)[src]
+    from scipy.spatial import cKDTree
+
+    scale = np.asarray(sp, dtype=np.float64)
+    tree = cKDTree(np.argwhere(dst) * scale, leafsize=32)
+    return tree.query(np.argwhere(src) * scale, k=1, workers=-1)[0]
+
+
+def surface_distances(
+    pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed boundary distances in mm: (pred boundary -> gt, gt boundary -> pred).
+
+    An empty side gives ``inf`` for every boundary voxel of the other side; both empty
+    gives two empty arrays.
+    """
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    sp = _spacing(spacing, pred.ndim)
+    box = _bbox(pred | gt)
+    if box is None:
+        return np.zeros(0), np.zeros(0)
+    edge_p, edge_g = _edges(pred[box]), _edges(gt[box])
+    if not edge_g.any():
+        return np.full(int(edge_p.sum()), np.inf), np.zeros(0)
+    if not edge_p.any():
+        return np.zeros(0), np.full(int(edge_g.sum()), np.inf)
+    return _nearest_distances(edge_p, edge_g, sp), _nearest_distances(edge_g, edge_p, sp)
+
+
+def _hd_from(d_pred: np.ndarray, d_gt: np.ndarray, percentile: float | None) -> float:
+    if d_pred.size == 0 and d_gt.size == 0:
+        return float("nan")
+    if d_pred.size == 0 or d_gt.size == 0:
+        # MONAI's percentile of an all-inf array is NaN (inf - inf); its maximum is inf
+        return float("inf") if percentile is None else float("nan")
+    if percentile is None:
+        return float(max(d_pred.max(), d_gt.max()))
+    return float(max(np.percentile(d_pred, percentile), np.percentile(d_gt, percentile)))
+
+
+def _nsd_from(d_pred: np.ndarray, d_gt: np.ndarray, tolerance_mm: float) -> float:
+    total = d_pred.size + d_gt.size
+    if total == 0:
+        return float("nan")
+    return float((np.count_nonzero(d_pred <= tolerance_mm) + np.count_nonzero(d_gt <= tolerance_mm)) / total)
+
+
+def hausdorff_distance(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    percentile: float | None = 95.0,
+) -> float:
+    """Symmetric (percentile) Hausdorff distance in mm; ``percentile=None`` is the maximum."""
+    return _hd_from(*surface_distances(pred, gt, spacing), percentile)
+
+
+def surface_dice(
+    pred: np.ndarray, gt: np.ndarray, tolerance_mm: float, spacing: float | Sequence[float] | None = None
+) -> float:
+    """Normalised surface Dice: share of both boundaries within ``tolerance_mm`` of the other."""
+    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise ValueError(f"NSD tolerance must be a finite number >= 0 mm, got {tolerance_mm}")
+    return _nsd_from(*surface_distances(pred, gt, spacing), tolerance_mm)
+
+
+def volume_difference(
+    pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> tuple[float, float]:
+    """(pred - gt) volume in ml, and in % of the GT volume (NaN when GT is empty)."""
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    voxel_ml = float(np.prod(_spacing(spacing, pred.ndim))) / 1000.0
+    v_pred = np.count_nonzero(pred) * voxel_ml
+    v_gt = np.count_nonzero(gt) * voxel_ml
+    pct = 100.0 * (v_pred - v_gt) / v_gt if v_gt > 0 else float("nan")
+    return v_pred - v_gt, pct
+
+
+@dataclass
+class LabelMetrics:
+    """All metrics of one label in one case (distances and volumes in mm / ml)."""
+
+    label: int
+    dice: float
+    hd95: float
+    nsd: float
+    volume_pred_ml: float
+    volume_gt_ml: float
+    volume_diff_ml: float
+    volume_diff_pct: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    labels: Iterable[int],
+    spacing: float | Sequence[float] | None = None,
+    nsd_tolerance_mm: float = 2.0,
+) -> list[LabelMetrics]:
+    """Every metric for every label of two integer label maps on the same grid.
+
+    Dice follows nnU-Net: NaN when the label is absent from both, 0 for a false positive.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    sp = _spacing(spacing, gt.ndim)
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    out = []
+    for label in labels:
+        p, g = pred == label, gt == label
+        n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
+        d = float("nan") if n_p == 0 and n_g == 0 else dice(p, g, ignore_empty=False)
+        d_pred, d_gt = surface_distances(p, g, sp)
+        v_p, v_g = n_p * voxel_ml, n_g * voxel_ml
+        out.append(
+            LabelMetrics(
+                label=int(label),
+                dice=d,
+                hd95=_hd_from(d_pred, d_gt, 95.0),
+                nsd=_nsd_from(d_pred, d_gt, nsd_tolerance_mm),
+                volume_pred_ml=v_p,
+                volume_gt_ml=v_g,
+                volume_diff_ml=v_p - v_g,
+                volume_diff_pct=100.0 * (v_p - v_g) / v_g if n_g else float("nan"),
+            )
+        )
+    return out
