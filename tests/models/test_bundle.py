@@ -130,3 +130,84 @@ def test_large_weights_warn(tmp_path):
     big = copy.deepcopy(CFG) | {"architecture": "stunet_s"}
     with pytest.warns(UserWarning, match="above the 10 MB limit"):
         save_bundle(tmp_path / "s", create_model("stunet_s", in_channels=1, num_classes=3), big)
+
+
+# --- nnU-Net v2 import ----------------------------------------------------------------------
+
+NET_POOLS = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # nnU-Net v2 plans style
+
+
+def _write_nnunet_results(root, reader, transpose_forward):
+    """A results folder as nnU-Net v2 + the STU-Net trainer leave it, from our STU-Net-xs."""
+    import json
+
+    from medpipe.models.stunet import STUNet
+
+    torch.manual_seed(1)
+    net = STUNet(1, 3, widths=(8, 16, 32, 64, 64, 64), depth=[1] * 6, pool_op_kernel_sizes=NET_POOLS[1:])
+    for p in net.parameters():  # non-trivial norms and biases, so a wrong permutation shows
+        p.data.add_(0.1 * torch.randn_like(p))
+    plans = {
+        "dataset_name": "Dataset777_Toy", "plans_name": "nnUNetPlans", "image_reader_writer": reader,
+        "transpose_forward": transpose_forward, "transpose_backward": transpose_forward,
+        "configurations": {
+            "3d_fullres": {"patch_size": [32, 64, 96], "spacing": [3.0, 0.8, 0.7],
+                           "normalization_schemes": ["CTNormalization"], "pool_op_kernel_sizes": NET_POOLS,
+                           "conv_kernel_sizes": [[3, 3, 3]] * 6},
+            "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
+        },
+        "foreground_intensity_properties_per_channel": {
+            "0": {"mean": 37.3, "std": 45.5, "percentile_00_5": -135.3, "percentile_99_5": 161.1}},
+    }
+    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
+               "file_ending": ".nii.gz"}
+    (root / "fold_0").mkdir(parents=True)
+    (root / "plans.json").write_text(json.dumps(plans))
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    torch.save({"network_weights": net.state_dict(), "trainer_name": "STUNetTrainer_xs",
+                "init_args": {"configuration": "3d_fullres", "fold": 0}, "current_epoch": 1000,
+                "inference_allowed_mirroring_axes": (0, 1, 2)}, root / "fold_0" / "checkpoint_final.pth")
+    return net.eval()
+
+
+@pytest.mark.parametrize(("reader", "transpose_forward", "ours"), [
+    ("SimpleITKIO", [0, 1, 2], [2, 1, 0]),   # sitk arrays are (z, y, x): network axis a = our axis 2 - a
+    ("NibabelIO", [1, 0, 2], [1, 0, 2]),     # nibabel arrays are (x, y, z), then transposed
+])
+def test_import_nnunet_matches_the_nnunet_network(tmp_path, reader, transpose_forward, ours):
+    from medpipe.models.nnunet_import import import_nnunet
+
+    net = _write_nnunet_results(tmp_path / "res", reader, transpose_forward)
+    bundle = import_nnunet(tmp_path / "res", tmp_path / "bundle", fold=0)
+    cfg = bundle.config
+    assert cfg.architecture == "stunet_xs" and cfg.modality == "CT" and cfg.channels == ["CT"]
+    assert cfg.label_names == {0: "background", 1: "liver", 2: "tumour"}
+    norm = cfg.preprocessing.normalization
+    assert (norm.scheme, norm.clip, norm.mean, norm.std) == ("ct", (-135.3, 161.1), 37.3, 45.5)
+    inv = [ours.index(b) for b in range(3)]
+    assert cfg.preprocessing.spacing == [[3.0, 0.8, 0.7][i] for i in inv]
+    assert cfg.preprocessing.patch_size == [[32, 64, 96][i] for i in inv]
+    assert cfg.preprocessing.tta_axes == [0, 1, 2] and cfg.preprocessing.crop_foreground
+    assert cfg.training["trainer"] == "STUNetTrainer_xs"
+
+    to_net = [0, 1] + [2 + o for o in ours]
+    x_ours = torch.randn(1, 1, *[(16, 32, 64)[i] for i in inv])  # smallest input the pools allow
+    with torch.no_grad():
+        expected = net(x_ours.permute(*to_net))
+        got = bundle.build_model()(x_ours).permute(*to_net)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_import_nnunet_errors(tmp_path):
+    from medpipe.models.nnunet_import import import_nnunet
+
+    with pytest.raises(BundleError, match="does not exist"):
+        import_nnunet(tmp_path / "none", tmp_path / "b")
+    _write_nnunet_results(tmp_path / "res", "SimpleITKIO", [0, 1, 2])
+    with pytest.raises(BundleError, match="has no fold_all/checkpoint_final.pth"):
+        import_nnunet(tmp_path / "res", tmp_path / "b")
+    torch.save({"network_weights": {"encoder.stages.0.weight": torch.zeros(1)}},
+               tmp_path / "res" / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(BundleError, match="not an STU-Net"):
+        import_nnunet(tmp_path / "res", tmp_path / "b", fold=0)
+    assert not (tmp_path / "b").exists()
