@@ -363,7 +363,8 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineSpec:
                 raise PipelineError(f"{where}: missing required param {loc!r} for kind {st.kind!r}") from None
             got = err.get("input")
             raise PipelineError(f"{where}: param {loc!r}: {err['msg']} (got {got!r})") from None
-        _check_inputs(spec, name, cls, where)
+    for name in spec.stages:  # ports last: every kind is known by now
+        _check_inputs(spec, name, spec.stage_class(name), f"{source}: stage {name!r}")
 
     for ref in spec.outputs:
         stage, out = split_ref(ref)
