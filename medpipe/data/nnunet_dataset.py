@@ -1,0 +1,149 @@
+"""Write a synthetic phantom training set in nnU-Net v2's folder format.
+
+Training, fine-tuning and the benchmark scripts need a labelled dataset that exists on
+every machine without downloads. nnU-Net's layout is what people already have on disk
+(``dataset.json``, ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``), so our
+trainer reads that format and this module writes it from the phantoms, with cases that
+differ the way real ones do: anatomy, noise, voxel spacing, and storage orientation
+(some cases stored LPS like DICOM conversions, some RAS like resampled NIfTI).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpipe.data.phantoms import CT_LABELS, MR_LABELS, ct_phantom, mr_brain_phantom
+from medpipe.errors import InputError
+from medpipe.image import Image
+from medpipe.io.atomic import atomic_dir
+
+__all__ = ["write_phantom_dataset", "flip_axes", "PHANTOM_MODALITIES"]
+
+PHANTOM_MODALITIES = {
+    "ct": {"make": ct_phantom, "labels": CT_LABELS, "channel": "CT", "shape": (96, 96, 80), "spacing": (1.5, 1.5, 2.0)},
+    "mr": {"make": mr_brain_phantom, "labels": MR_LABELS, "channel": "T1", "shape": (64, 64, 48), "spacing": (1.0, 1.0, 1.5)},
+}  # fmt: skip
+
+
+def flip_axes(image: Image, axes: tuple[int, ...]) -> Image:
+    """Same voxels in the same world positions, stored with ``axes`` reversed."""
+    arr = image.array
+    aff = image.affine.copy()
+    for ax in axes:
+        arr = np.flip(arr, axis=ax + 1)
+        aff[:3, 3] = aff[:3, 3] + aff[:3, ax] * (image.shape[ax] - 1)
+        aff[:3, ax] = -aff[:3, ax]
+    return image.with_geometry(np.ascontiguousarray(arr), aff)
+
+
+def _case(modality: str, index: int, seed: int, shape: tuple[int, int, int] | None) -> tuple[Image, Image]:
+    spec = PHANTOM_MODALITIES[modality]
+    rng = np.random.default_rng([seed, index, 5])
+    spacing = tuple(float(f"{s * rng.uniform(0.9, 1.1):.3f}") for s in spec["spacing"])
+    img, seg = spec["make"](shape or spec["shape"], spacing, seed=seed * 100_003 + index, vary=True)
+    if index % 2 == 1:  # every other case stored RAS instead of LPS
+        img, seg = flip_axes(img, (0, 1)), flip_axes(seg, (0, 1))
+    return img, seg
+
+
+def write_phantom_dataset(
+    folder: str | Path,
+    cases: int = 10,
+    *,
+    seed: int = 0,
+    modality: str = "ct",
+    shape: tuple[int, int, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    preview: bool = True,
+) -> dict[str, Any]:
+    """Write ``cases`` varied phantom cases + dataset.json into ``folder`` (atomically)."""
+    from medpipe.io.volumes import write_volume
+
+    modality = modality.lower()
+    if modality not in PHANTOM_MODALITIES:
+        raise InputError(f"phantom modality must be one of {', '.join(PHANTOM_MODALITIES)}, got {modality!r}")
+    if cases < 1:
+        raise InputError(f"a phantom dataset needs at least one case, got --cases {cases}")
+    spec = PHANTOM_MODALITIES[modality]
+    folder = Path(folder)
+    case_ids = [f"phantom_{i:03d}" for i in range(cases)]
+    dataset_json = {
+        "name": f"medpipe {modality.upper()} phantoms",
+        "description": "Synthetic phantoms written by `medpipe data phantoms` (no patient data).",
+        "channel_names": {"0": spec["channel"]},
+        "labels": {"background": 0, **{name: int(k) for k, name in spec["labels"].items()}},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+        "licence": "CC0 (synthetic)",
+        "medpipe": {"generator": f"medpipe.data.phantoms.{spec['make'].__name__}", "seed": seed},
+    }
+    with atomic_dir(folder, overwrite=overwrite) as tmp, _progress(progress) as bar:
+        task = bar.add_task(f"writing {cases} {modality.upper()} phantom cases", total=cases) if bar else None
+        first: list[tuple[Image, Image]] = []
+        for i, case_id in enumerate(case_ids):
+            img, seg = _case(modality, i, seed, shape)
+            write_volume(img, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
+            write_volume(seg, tmp / "labelsTr" / f"{case_id}.nii.gz")
+            if len(first) < 4:
+                first.append((img, seg))
+            if bar:
+                bar.advance(task)
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        if preview:
+            _write_preview(first, spec["labels"], modality, tmp / "preview.png")
+    return {"folder": folder, "cases": case_ids, "dataset_json": dataset_json}
+
+
+class _progress:
+    """A rich progress bar when asked for, else nothing (context manager yielding the bar or None)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self.bar
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def _write_preview(pairs: list[tuple[Image, Image]], labels: dict[int, str], modality: str, path: Path) -> None:
+    """Mid-axial slice of the first cases with label contours, displayed radiologically (patient right on the left)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medpipe.data.phantoms import CT_COLORS, MR_COLORS
+
+    colors = CT_COLORS if modality == "ct" else MR_COLORS
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.4), squeeze=False)
+    for ax, (img, seg) in zip(axes[0], pairs, strict=True):
+        stored = img.orientation
+        # Show in LPS storage so every case looks the same regardless of how it is stored.
+        if stored[:2] == "RA":
+            img, seg = flip_axes(img, (0, 1)), flip_axes(seg, (0, 1))
+        k = img.shape[2] // 2
+        lo, hi = (-200, 300) if modality == "ct" else np.percentile(img.array, [1, 99.5])
+        ax.imshow(img.array[0, :, :, k].T, cmap="gray", vmin=lo, vmax=hi)
+        for lab in labels:
+            mask = seg.array[0, :, :, k].T == lab
+            if mask.any():
+                ax.contour(mask, levels=[0.5], colors=[np.array(colors[lab]) / 255.0], linewidths=0.8)
+        ax.set_title(f"{stored}-stored, {'x'.join(f'{s:.2f}' for s in img.spacing)} mm", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
