@@ -106,7 +106,7 @@ def convert(
     from pydantic import ValidationError
     from rich.console import Console
 
-    from medpipe.errors import InputError
+    from medpipe.errors import DicomError, InputError
     from medpipe.io.atomic import check_writable
     from medpipe.io.dicom import SeriesSelector, load_series, scan_study, write_sidecar
     from medpipe.io.volumes import VOLUME_SUFFIXES, read_volume, write_volume
@@ -137,6 +137,10 @@ def convert(
             raise InputError(f"invalid series filter: {msg.get('loc', ('',))[0]}: {msg['msg']}") from None
         scan = scan_study(study, progress=True)
         scan.require_images()
+        if scan.orphan_errors:  # it may be a slice of the series we are about to write
+            bad, why = scan.orphan_errors[0]
+            more = f" (and {len(scan.orphan_errors) - 1} more)" if len(scan.orphan_errors) > 1 else ""
+            raise DicomError(f"{bad} {why}{more}; fix or remove it, it may be part of a series being converted")
         if selector.model_dump(exclude_defaults=True):
             chosen = selector.select(scan)
         else:

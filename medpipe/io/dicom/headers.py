@@ -60,6 +60,7 @@ class HeaderResult:
     non_image: NonImageObject | None = None
     skipped: bool = False  # not a DICOM file at all
     error: str | None = None  # a DICOM file we cannot use, and why
+    error_series_uid: str = ""  # the series that file belongs to, when its header says
 
 
 def _looks_like_dicom(head: bytes) -> bool:
@@ -208,7 +209,7 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
         tsuid = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
     offset, length, pix_problem = _pixel_location(fh, ds, size, tsuid)
     if pix_problem:
-        return HeaderResult(error=pix_problem)
+        return HeaderResult(error=pix_problem, error_series_uid=series_uid)
     series_number = _get(ds, "SeriesNumber")
     common = dict(
         source=src,

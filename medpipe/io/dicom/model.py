@@ -135,6 +135,8 @@ class StudyScan:
     non_image: list[NonImageObject] = field(default_factory=list)
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # errors in files whose series we cannot tell (unreadable): they may belong to any series
+    orphan_errors: list[tuple[str, str]] = field(default_factory=list)
 
     def require_images(self) -> None:
         """Raise a DicomError that says what was there when no image series was found."""

@@ -208,7 +208,7 @@ def _stored_range(f: FrameRecord) -> tuple[int, int]:
 
 
 def rescale_frames(stored: np.ndarray, frames: list[FrameRecord]) -> np.ndarray:
-    """Modality values: MONOCHROME1 inverted, then RescaleSlope/Intercept.
+    """Modality values: RescaleSlope/Intercept (or MONOCHROME1 inverted when there is none).
 
     Exact integers stay integers (smallest of the stored type, int16, int32 that holds
     the whole possible range); anything with a non-unit slope or fractional intercept
@@ -216,12 +216,16 @@ def rescale_frames(stored: np.ndarray, frames: list[FrameRecord]) -> np.ndarray:
     """
     f0 = frames[0]
     arr = stored
-    if f0.photometric == "MONOCHROME1" and f0.samples_per_pixel == 1:
+    slopes = np.array([f.slope for f in frames], np.float64)
+    inters = np.array([f.intercept for f in frames], np.float64)
+    no_modality_lut = bool(np.all(slopes == 1.0) and np.all(inters == 0.0))
+    # MONOCHROME1 is a display instruction: with a rescale the modality values (HU...) are
+    # already what they are; without one (CR/DX) the stored values are inverted so that
+    # higher means brighter everywhere downstream, as with MONOCHROME2.
+    if f0.photometric == "MONOCHROME1" and f0.samples_per_pixel == 1 and no_modality_lut:
         lo, hi = _stored_range(f0)
         # v -> (lo + hi) - v maps the stored range onto itself, so the dtype is kept.
         arr = np.invert(arr) if lo < 0 else (np.asarray(hi, arr.dtype) - arr)
-    slopes = np.array([f.slope for f in frames], np.float64)
-    inters = np.array([f.intercept for f in frames], np.float64)
     bshape = (-1,) + (1,) * (arr.ndim - 1)
     if np.all(slopes == 1.0) and np.all(inters == np.round(inters)):
         if np.all(inters == 0):
@@ -237,6 +241,14 @@ def rescale_frames(stored: np.ndarray, frames: list[FrameRecord]) -> np.ndarray:
         else:
             out += inters.astype(target).reshape(bshape)
         return out
+    if np.all(slopes == np.round(slopes)) and np.all(inters == np.round(inters)):
+        # Integral slope too (e.g. -1 for inverted MONOCHROME1 data): still exact integers.
+        wide = arr.astype(np.int64) * slopes.astype(np.int64).reshape(bshape) + inters.astype(np.int64).reshape(bshape)
+        lo, hi = (int(wide.min()), int(wide.max())) if wide.size else (0, 0)
+        for target in (np.int16, np.int32):
+            if np.iinfo(target).min <= lo and hi <= np.iinfo(target).max:
+                return wide.astype(target)
+        return wide.astype(np.float64)
     out = arr.astype(np.float32)
     if np.all(slopes == slopes[0]) and np.all(inters == inters[0]):
         out *= np.float32(slopes[0])

@@ -32,12 +32,17 @@ def scan_study(path: str | Path, *, progress: bool = False) -> StudyScan:
     frames_by_uid: dict[str, list[FrameRecord]] = defaultdict(list)
     headers: dict[str, SeriesHeader] = {}
     sop_seen: dict[tuple[str, int | None], str] = {}
+    bad_files: dict[str, list[str]] = defaultdict(list)  # series uid -> "file: why"
 
     def consume(src_label: str, res: HeaderResult) -> None:
         if res.skipped:
             scan.skipped += 1
         elif res.error:
             scan.errors.append((src_label, res.error))
+            if res.error_series_uid:
+                bad_files[res.error_series_uid].append(f"{src_label} {res.error}")
+            else:
+                scan.orphan_errors.append((src_label, res.error))
         elif res.non_image is not None:
             scan.non_image.append(res.non_image)
         else:
@@ -68,4 +73,7 @@ def scan_study(path: str | Path, *, progress: bool = False) -> StudyScan:
     for uid, frames in frames_by_uid.items():  # key tags for the sidecar: one file per series
         headers[uid].tags = read_sidecar_tags(frames[0].source)
     scan.series = build_series(frames_by_uid, headers)
+    for info in scan.series:  # a broken file must not silently shorten its series
+        for msg in bad_files.get(info.series_uid, []):
+            info.fatal.append(f"has an unusable file: {msg}")
     return scan

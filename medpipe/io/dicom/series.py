@@ -99,9 +99,12 @@ def build_series(frames_by_uid: dict[str, list[FrameRecord]], headers: dict[str,
             parts = _split_time(groups[key])
             for t, part in enumerate(parts):
                 volumes.append((part, _describe_split(key, t, len(parts), keys)))
+        infos = []
         for k, (part, reason) in enumerate(volumes, start=1):
             vid = uid if len(volumes) == 1 else f"{uid}.{k}"
-            out.append(_series_info(vid, uid, hdr, part, reason))
+            infos.append(_series_info(vid, uid, hdr, part, reason))
+        _flag_interleaved_sizes(infos)
+        out.extend(infos)
     out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.id))
     return out
 
@@ -147,3 +150,32 @@ def _series_info(vid: str, uid: str, hdr: SeriesHeader, frames: list[FrameRecord
     if len(frames) == 1 and not (f0.spacing_between_slices or f0.slice_thickness):
         info.warnings.append("single slice without SliceThickness: slice spacing set to 1 mm")
     return info
+
+
+def _depth_range(info: SeriesInfo) -> tuple[float, float] | None:
+    f0 = info.frames[0]
+    if f0.iop is None or any(f.ipp is None for f in info.frames):
+        return None
+    n = np.cross(f0.iop[:3], f0.iop[3:])
+    d = [float(f.ipp @ n) for f in info.frames]
+    return min(d), max(d)
+
+
+def _flag_interleaved_sizes(infos: list[SeriesInfo]) -> None:
+    """Volumes of one series that differ only in image size but share a stack are one broken
+    stack (a slice saved at the wrong size), not two volumes: refuse both, naming the sizes."""
+    for a_i, a in enumerate(infos):
+        for b in infos[a_i + 1 :]:
+            fa, fb = a.frames[0], b.frames[0]
+            if (fa.rows, fa.cols) == (fb.rows, fb.cols) or _iop_key(fa) != _iop_key(fb) or fa.echo != fb.echo:
+                continue
+            ra, rb = _depth_range(a), _depth_range(b)
+            if ra is None or rb is None or ra[1] < rb[0] - 1e-3 or rb[1] < ra[0] - 1e-3:
+                continue
+            msg = (
+                f"has slices of different sizes in one stack: {fa.cols}x{fa.rows} in {a.n_slices} file(s), "
+                f"{fb.cols}x{fb.rows} in {b.n_slices} file(s) (e.g. {b.frames[0].source.label})"
+            )
+            for info in (a, b):
+                if msg not in info.fatal:
+                    info.fatal.append(msg)
