@@ -18,7 +18,6 @@ from medpipe.cli.app import app
 # Each module registers its commands on ``app`` when imported (explicit list, no discovery).
 _COMMAND_MODULES = [
     "medpipe.cli.evaluate",
-    "medpipe.cli.evaluate",
     "medpipe.cli.pipeline",
     "medpipe.cli.ingest",
     "medpipe.cli.data",
