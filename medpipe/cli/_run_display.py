@@ -83,9 +83,9 @@ class RunDisplay:
         self.console.print(table)
         failed = [r for r in results if not r.ok]
         for r in failed:
-            where = f"stage {r.failed_stage}" if r.failed_stage else "before any stage"
+            where = f"at stage {r.failed_stage}" if r.failed_stage else "before its first stage"
             self.console.print(
-                f"[red]failed[/] {escape(r.study)} at {escape(where)}: {escape(r.error or 'unknown error')}"
+                f"[red]failed[/] {escape(r.study)} {escape(where)}: {escape(r.error or 'unknown error')}"
             )
             logs = r.run_dir / "logs" / f"{r.failed_stage}.log"
             if r.failed_stage and logs.exists():

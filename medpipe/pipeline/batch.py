@@ -11,16 +11,18 @@ left held by a worker that died mid-write, blocking the others); results are rea
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import shutil
 import signal
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from medpipe.errors import MedpipeError
+from medpipe.errors import MedpipeError, PipelineError
 from medpipe.pipeline.provenance import locked, now_iso, read_run_record, write_run_record
 from medpipe.pipeline.runner import RunResult
 from medpipe.pipeline.spec import PipelineSpec
@@ -34,7 +36,36 @@ EventSink = Callable[[dict[str, Any]], None]
 def _stage_modules(spec: PipelineSpec) -> list[str]:
     """Modules that registered the kinds ``spec`` uses, so a spawned worker can import them."""
     list_stages()  # make sure the built-ins are registered
-    return sorted({get_stage(st.kind).__module__ for st in spec.stages.values()})
+    modules = {get_stage(st.kind).__module__ for st in spec.stages.values()}
+    if "__main__" in modules:
+        kinds = sorted(st.kind for st in spec.stages.values() if get_stage(st.kind).__module__ == "__main__")
+        raise PipelineError(
+            f"stage kind(s) {', '.join(kinds)} are defined in the __main__ script; worker processes "
+            "cannot import them: move them to an importable module"
+        )
+    return sorted(modules)
+
+
+@contextlib.contextmanager
+def _no_main_reimport() -> Iterator[None]:
+    """Spawned workers need only the modules we pass them, not the caller's ``__main__``.
+
+    multiprocessing re-runs the parent's main script in every spawned child, which fails
+    for stdin/notebook sessions and re-executes unguarded scripts; hiding the main
+    module's file/spec while starting a worker skips that (restored right after).
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        for k in saved:
+            if k == "__file__":
+                delattr(main, k)
+            else:
+                setattr(main, k, None)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 def _worker(
@@ -155,7 +186,8 @@ def run_studies(
                       list(targets) if targets else None, writer),
                 name=f"medpipe-{name}",
             )
-            proc.start()
+            with _no_main_reimport():
+                proc.start()
             writer.close()  # the child holds the only writer: EOF when it exits
             running[name] = proc
             pipes[name] = reader
