@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "medpipe.cli.pipeline",
     "medpipe.cli.ingest",
     "medpipe.cli.data",
+    "medpipe.cli.models",
 ]
 
 for _name in _COMMAND_MODULES:
