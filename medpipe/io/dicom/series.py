@@ -172,9 +172,11 @@ def _flag_interleaved_sizes(infos: list[SeriesInfo]) -> None:
             ra, rb = _depth_range(a), _depth_range(b)
             if ra is None or rb is None or ra[1] < rb[0] - 1e-3 or rb[1] < ra[0] - 1e-3:
                 continue
+            big, small = (a, b) if a.n_slices >= b.n_slices else (b, a)
+            fg, fs = big.frames[0], small.frames[0]
             msg = (
-                f"has slices of different sizes in one stack: {fa.cols}x{fa.rows} in {a.n_slices} file(s), "
-                f"{fb.cols}x{fb.rows} in {b.n_slices} file(s) (e.g. {b.frames[0].source.label})"
+                f"has slices of different sizes in one stack: {fg.cols}x{fg.rows} in {big.n_slices} file(s), "
+                f"{fs.cols}x{fs.rows} in {small.n_slices} file(s) (e.g. {fs.source.label})"
             )
             for info in (a, b):
                 if msg not in info.fatal:
