@@ -211,3 +211,17 @@ def test_import_nnunet_errors(tmp_path):
     with pytest.raises(BundleError, match="not an STU-Net"):
         import_nnunet(tmp_path / "res", tmp_path / "b", fold=0)
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_show_and_import(tmp_path, bundle_dir, capsys):
+    from medpipe.cli import main
+
+    assert main(["models", "show", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "stunet_xs" in out and "spleen" in out and "clip [-200.0, 300.0]" in out
+    _write_nnunet_results(tmp_path / "res", "SimpleITKIO", [0, 1, 2])
+    assert main(["models", "import-nnunet", str(tmp_path / "res"), str(tmp_path / "imp"), "--fold", "0",
+                 "--name", "toy"]) == 0
+    assert load_bundle(tmp_path / "imp").config.name == "toy"
+    assert main(["models", "import-nnunet", str(tmp_path / "res"), str(tmp_path / "imp"), "--fold", "0"]) == 2
+    assert "already exists" in capsys.readouterr().err
