@@ -1,0 +1,101 @@
+"""Precision policy: which dtype and memory format the network runs in.
+
+``auto`` picks the fastest exact-enough path for the hardware *as measured*, not as
+advertised. On CUDA that is bf16 (fp16 where bf16 is unsupported) autocast with
+channels-last. On CPUs with AMX-BF16 tiles oneDNN's bf16 convolutions are several times
+faster than fp32, so bf16 + channels-last is chosen there. On CPUs that only have
+AVX512-BF16 (``vdpbf16ps``, no AMX — e.g. this project's benchmark machine, where the
+hypervisor hides AMX) we measured oneDNN's bf16 3D convolutions to be *slower* than fp32
+(see docs/inference.md and benchmarks/RESULTS.md), so ``auto`` stays in fp32 there and
+bf16 is available on request. Logits are always accumulated in fp32 (or fp16 when the
+caller asks, to halve the stitching buffer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from medpipe.errors import InputError
+
+__all__ = ["PrecisionPlan", "resolve_precision", "cpu_flags", "PRECISIONS"]
+
+PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags() or torch.backends.cpu.get_cpu_capability() == "AVX512_AMX"
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    return "avx512_bf16" in cpu_flags()
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The resolved policy, plus the reason (it goes into the run's facts)."""
+
+    name: str  # "bf16" | "fp16" | "fp32"
+    device_type: str
+    channels_last: bool
+    reason: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for the forward pass (a no-op for fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> PrecisionPlan:
+    """Turn ``auto|bf16|fp32|fp16`` into a concrete plan for ``device``."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = torch.device(device).type
+    if dev == "cuda":
+        if precision == "auto":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return PrecisionPlan(name, dev, True, f"auto: CUDA device, {name} autocast + channels-last")
+        return PrecisionPlan(precision, dev, precision != "fp32", f"requested {precision}")
+    if precision == "auto":
+        if _cpu_has_amx():
+            return PrecisionPlan("bf16", dev, True, "auto: CPU has AMX-BF16, bf16 autocast + channels-last")
+        why = ("CPU has AVX512-BF16 but no AMX; measured bf16 3D convs slower than fp32 there"
+               if _cpu_has_avx512_bf16() else "CPU has no bf16 units")
+        return PrecisionPlan("fp32", dev, False, f"auto: fp32 ({why})")
+    if precision == "bf16":
+        return PrecisionPlan("bf16", dev, True, "requested bf16 (autocast + channels-last)")
+    if precision == "fp16":
+        return PrecisionPlan("fp16", dev, True, "requested fp16 (autocast + channels-last)")
+    return PrecisionPlan("fp32", dev, False, "requested fp32")

@@ -1,0 +1,313 @@
+"""Sliding-window inference with streamed (slab-by-slab) Gaussian stitching.
+
+Why our own engine instead of MONAI's ``sliding_window_inference``: MONAI allocates a
+float buffer of ``classes x voxels`` (plus a count map) for the whole volume, which for a
+105-class model on a 512x512x400 CT is tens of gigabytes — the most common complaint
+about large scans. Here tiles are processed in order of their position along the last
+axis; logits are accumulated in a *ring* buffer only one patch deep along that axis,
+and as soon as a range of slices can no longer be touched by a later tile it is
+finalised (argmax → uint8 labels, or softmax → fp16 probabilities) and its slots are
+reused. The stitching memory is ``classes x I x J x patch_k`` instead of
+``classes x I x J x K``. Tiles, Gaussian weights and TTA follow nnU-Net (see
+``tiling``/``gaussian``); precision follows ``precision.resolve_precision``.
+
+Example:
+    >>> result = predict(net, volume, (96, 96, 96), num_classes=105)
+    >>> result.labels.shape == volume.shape[1:], result.facts["precision"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+
+from medpipe.errors import InputError, ResourceError
+from medpipe.inference.gaussian import gaussian_importance_map
+from medpipe.inference.precision import PrecisionPlan, resolve_precision
+from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
+from medpipe.kernels import accumulate_patch
+
+__all__ = ["Prediction", "predict", "mirror_combinations", "memory_plan", "DEFAULT_BATCH_SIZE"]
+
+Output = Literal["labels", "probabilities", "both"]
+
+# Patches per forward pass. Measured by benchmarks/sliding_window.py on the 2-core
+# AVX512-BF16 machine: batching 2 patches did not beat 1 patch per pass reliably for
+# STU-Net-S, and it doubles activation memory, so one patch at a time (as nnU-Net does).
+DEFAULT_BATCH_SIZE = 1
+_FINALISE_CHUNK = 4  # slices finalised at a time (bounds the softmax/argmax temporaries)
+
+
+@dataclass
+class Prediction:
+    """What ``predict`` returns: labels ``(I, J, K)``, optional fp16 probabilities
+    ``(classes, I, J, K)``, and facts (precision, tiles, memory bound, timing)."""
+
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the mirror axes, the identity first (nnU-Net: 8 passes for 3 axes)."""
+    axes = tuple(sorted(set(int(a) for a in axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int16)
+
+
+def memory_plan(shape: Sequence[int], patch: Sequence[int], *, num_classes: int, in_channels: int = 1,
+                batch_size: int = 1, output: Output = "labels", accumulation: str = "fp32",
+                stream: bool = True, tta_passes: int = 1, probability_bytes: int = 2) -> dict[str, int]:
+    """Theoretical peak of what the engine allocates (bytes), excluding the network's own
+    activations and weights: input, stitching buffers, outputs, batch and temporaries."""
+    n_vox = math.prod(shape)
+    i, j, k = shape
+    depth = min(patch[-1], k) if stream else k
+    acc_bytes = 2 if accumulation == "fp16" else 4
+    p_vox = math.prod(patch)
+    parts = {
+        "input": in_channels * n_vox * 4,
+        "logit_buffer": num_classes * i * j * depth * acc_bytes,
+        "weight_buffer": i * j * depth * 4,
+        "labels": n_vox * _label_dtype(num_classes).itemsize if output in ("labels", "both") else 0,
+        "probabilities": num_classes * n_vox * probability_bytes if output in ("probabilities", "both") else 0,
+        "batch": batch_size * p_vox * (in_channels * 4 * 2 + num_classes * 4 * (2 if tta_passes > 1 else 1)),
+        "finalise_temporaries": (2 * num_classes * i * j * min(_FINALISE_CHUNK, depth) * 4
+                                 if output != "labels" else i * j * min(_FINALISE_CHUNK, depth) * 8),
+    }
+    parts["total"] = sum(parts.values())
+    parts["dense_logit_buffer"] = num_classes * n_vox * 4  # what a whole-volume float buffer takes
+    return parts
+
+
+def _check_memory(parts: dict[str, int], budget_gb: float | None, what: str) -> None:
+    avail = psutil.virtual_memory().available if budget_gb is None else int(budget_gb * 2**30)
+    need = parts["total"]
+    if need > avail:
+        gib = 2**30
+        hint = []
+        if parts["probabilities"]:
+            hint.append("output=labels (no probability maps)")
+        if parts["logit_buffer"] > parts["batch"]:
+            hint.append("fp16 accumulation (--accumulation fp16)")
+        hint.append("a smaller --patch or batch size")
+        raise ResourceError(
+            f"{what} needs about {need / gib:.1f} GiB for stitching and outputs but only "
+            f"{avail / gib:.1f} GiB {'are available' if budget_gb is None else 'fit the memory budget'}; "
+            f"try {' or '.join(hint)}")
+
+
+def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(image)
+    if t.dim() != 4:
+        raise InputError(f"predict needs a channel-first (C, I, J, K) volume, got shape {tuple(t.shape)}")
+    return t.float()
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, plan: PrecisionPlan,
+             flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """Mean over mirror combinations of the network's logits, fp32, ``(B, K, *patch)``."""
+    total: torch.Tensor | None = None
+    for axes in flips:
+        dims = [2 + a for a in axes]
+        xin = torch.flip(x, dims) if dims else x
+        with plan.autocast():
+            y = model(plan.prepare_input(xin))
+        if isinstance(y, (list, tuple)):  # deep supervision: full resolution first
+            y = y[0]
+        y = y.float()
+        if dims:
+            y = torch.flip(y, dims)
+        total = y if total is None else total.add_(y)
+    assert total is not None
+    if len(flips) > 1:
+        total /= len(flips)
+    return total.contiguous()
+
+
+def _ring_pieces(z: int, length: int, depth: int) -> Iterator[tuple[int, int, int]]:
+    """Split the absolute range [z, z+length) into (ring_start, source_start, size) pieces."""
+    done = 0
+    while done < length:
+        r = (z + done) % depth
+        size = min(length - done, depth - r)
+        yield r, done, size
+        done += size
+
+
+class _Stitcher:
+    """Ring buffer of accumulated logits along the last axis; finalises completed slices."""
+
+    def __init__(self, plan: TilePlan, num_classes: int, depth: int, acc_dtype: torch.dtype,
+                 device: torch.device, output: Output, gaussian: torch.Tensor, prob_dtype: type = np.float16):
+        i, j, k = plan.shape
+        self.depth = depth
+        self.gaussian = gaussian
+        self.output = output
+        self.running_mean = acc_dtype == torch.float16  # fp16 sums would underflow at patch corners
+        self.logits = torch.zeros((num_classes, i, j, depth), dtype=acc_dtype, device=device)
+        self.weights = torch.zeros((i, j, depth), dtype=torch.float32, device=device)
+        self.labels = np.zeros((i, j, k), _label_dtype(num_classes)) if output != "probabilities" else None
+        self.probs = (np.zeros((num_classes, i, j, k), prob_dtype)
+                      if output in ("probabilities", "both") else None)
+        self.finalised = 0
+
+    def add(self, logits: torch.Tensor, origin: tuple[int, int, int]) -> None:
+        x, y, z = origin
+        pz = logits.shape[-1]
+        for ring, src, size in _ring_pieces(z, pz, self.depth):
+            accumulate_patch(self.logits, self.weights, logits[..., src:src + size],
+                             self.gaussian[..., src:src + size], (x, y, ring), running_mean=self.running_mean)
+
+    def finalise(self, upto: int) -> None:
+        """Write labels/probabilities for slices [finalised, upto) and recycle their slots."""
+        while self.finalised < upto:
+            start = self.finalised
+            for ring, src, size in _ring_pieces(start, min(_FINALISE_CHUNK, upto - start), self.depth):
+                zs = slice(start + src, start + src + size)
+                rs = slice(ring, ring + size)
+                acc = self.logits[..., rs]
+                if self.labels is not None:  # weights are positive: argmax of the sum = argmax of the mean
+                    self.labels[..., zs] = acc.argmax(0).cpu().numpy().astype(self.labels.dtype, copy=False)
+                if self.probs is not None:
+                    avg = acc.float() if self.running_mean else acc / self.weights[..., rs]
+                    self.probs[..., zs] = torch.softmax(avg, 0).cpu().numpy()
+                    del avg
+                self.logits[..., rs].zero_()
+                self.weights[..., rs].zero_()
+                self.finalised = start + src + size
+
+
+def _progress(total: int, enabled: bool, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=True), description, total
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int], *,
+            num_classes: int, overlap: float = 0.5, tta_axes: Sequence[int] = (), precision: str = "auto",
+            batch_size: int | None = None, output: Output = "labels", device: str | torch.device = "cpu",
+            progress: bool = True, memory_budget_gb: float | None = None, accumulation: str = "fp32",
+            stream: bool = True, sigma_scale: float = 0.125,
+            probability_dtype: str = "fp16") -> Prediction:
+    """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
+
+    ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
+    ``accumulation="fp16"`` halves the stitching buffer; ``stream=False`` keeps a
+    whole-volume buffer (the dense reference behaviour, for comparison);
+    ``probability_dtype="fp32"`` returns full-precision probabilities (twice the memory).
+    """
+    t0 = time.perf_counter()
+    if output not in ("labels", "probabilities", "both"):
+        raise InputError(f"output must be 'labels', 'probabilities' or 'both', got {output!r}")
+    if accumulation not in ("fp32", "fp16"):
+        raise InputError(f"accumulation must be 'fp32' or 'fp16', got {accumulation!r}")
+    if probability_dtype not in ("fp16", "fp32"):
+        raise InputError(f"probability_dtype must be 'fp16' or 'fp32', got {probability_dtype!r}")
+    vol = _as_tensor(image)
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != 3 or any(p <= 0 for p in patch):
+        raise InputError(f"patch_size must be three positive integers, got {tuple(patch_size)}")
+    batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    dev = torch.device(device)
+    plan = resolve_precision(precision, dev)
+    flips = mirror_combinations(tta_axes)
+    if any(not 0 <= a < 3 for a in tta_axes):
+        raise InputError(f"tta_axes must be spatial axes 0, 1 or 2, got {tuple(tta_axes)}")
+
+    orig_shape = tuple(vol.shape[1:])
+    pads = pad_amounts(orig_shape, patch)
+    tiles = plan_tiles([s + a + b for s, (a, b) in zip(orig_shape, pads, strict=True)], patch, overlap)
+    depth = min(patch[-1], tiles.shape[-1]) if stream else tiles.shape[-1]
+    mem = memory_plan(tiles.shape, patch, num_classes=num_classes, in_channels=vol.shape[0],
+                      batch_size=batch_size, output=output, accumulation=accumulation, stream=stream,
+                      tta_passes=len(flips), probability_bytes=2 if probability_dtype == "fp16" else 4)
+    _check_memory(mem, memory_budget_gb, f"a {num_classes}-class prediction on a {orig_shape} volume")
+
+    if any(a or b for a, b in pads):
+        flat = [v for a, b in reversed(pads) for v in (a, b)]
+        vol = F.pad(vol, flat, mode="constant", value=0.0)
+    vol = vol.to(dev)[None]
+    model = plan.prepare_model(model.eval().to(dev))
+    gaussian = gaussian_importance_map(patch, sigma_scale, dev)
+    acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
+    try:
+        stitch = _Stitcher(tiles, num_classes, depth, acc_dtype, dev, output, gaussian,
+                           np.float16 if probability_dtype == "fp16" else np.float32)
+    except (RuntimeError, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or _is_oom(exc):
+            raise ResourceError(f"cannot allocate the stitching buffer ({mem['logit_buffer'] / 2**30:.1f} GiB); "
+                                "try fp16 accumulation or a smaller --patch") from exc
+        raise
+
+    prog, desc, total = _progress(tiles.n_tiles, progress, f"segmenting ({plan.name}, {len(flips)} TTA)")
+    groups = tiles.groups()
+    with prog:
+        task = prog.add_task(desc, total=total)
+        for gi, (_, origins) in enumerate(groups):
+            for b0 in range(0, len(origins), batch_size):
+                chunk = origins[b0:b0 + batch_size]
+                x = torch.cat([vol[(slice(None), slice(None), *(slice(o, o + p) for o, p in zip(org, patch,
+                                                                                                 strict=True)))]
+                               for org in chunk])
+                try:
+                    logits = _forward(model, x, plan, flips)
+                except RuntimeError as exc:
+                    if _is_oom(exc):
+                        raise ResourceError(
+                            f"the network ran out of memory on a batch of {len(chunk)} patch(es) of {patch}; "
+                            "try a smaller --patch or batch size") from exc
+                    raise
+                if logits.shape[1] != num_classes or tuple(logits.shape[2:]) != patch:
+                    raise InputError(f"the network returned logits of shape {tuple(logits.shape[1:])}, "
+                                     f"expected ({num_classes}, {', '.join(map(str, patch))})")
+                for n, org in enumerate(chunk):
+                    stitch.add(logits[n], org)
+                prog.advance(task, len(chunk))
+            if stream:
+                stitch.finalise(tiles.completed_before(gi))
+        stitch.finalise(tiles.shape[-1])
+
+    crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, orig_shape, strict=True))
+    labels = np.ascontiguousarray(stitch.labels[crop]) if stitch.labels is not None else None
+    probs = np.ascontiguousarray(stitch.probs[(slice(None), *crop)]) if stitch.probs is not None else None
+    facts = {
+        "precision": plan.name,
+        "precision_reason": plan.reason,
+        "channels_last": plan.channels_last,
+        "device": str(dev),
+        "patch_size": list(patch),
+        "overlap": overlap,
+        "tiles": tiles.n_tiles,
+        "tta_passes": len(flips),
+        "forward_passes": tiles.n_tiles * len(flips),
+        "batch_size": batch_size,
+        "padded_shape": list(tiles.shape),
+        "streamed": stream,
+        "slab_depth": depth,
+        "accumulation": accumulation,
+        "peak_memory_bound_bytes": mem["total"],
+        "stitching_buffer_bytes": mem["logit_buffer"] + mem["weight_buffer"],
+        "dense_buffer_bytes": mem["dense_logit_buffer"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return Prediction(labels, probs, facts)
