@@ -239,11 +239,12 @@ def _validate(raw: dict[str, Any], where: str) -> BundleConfig:
         return BundleConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in err["loc"])
         msg = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        raise BundleError(f"{where}: field {field!r}: {msg}") from exc
+        # Cross-field checks have no location; their messages name the fields themselves.
+        raise BundleError(f"{where}: field {field!r}: {msg}" if field else f"{where}: {msg}") from exc
 
 
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
