@@ -25,15 +25,21 @@ Backend = Literal["auto", "reference", "triton"]
 
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ValueError, ImportError):  # e.g. sys.modules["triton"] is None
+        return False
 
 
 def load_triton_impl():
     """Import the Triton kernels, or say which extra installs them."""
-    if not triton_available():
-        raise ResourceError("the Triton kernels need the 'triton' package: pip install 'medpipe[triton]'")
-    from medpipe.kernels import triton_impl
-
+    try:
+        from medpipe.kernels import triton_impl
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "triton":
+            raise
+        raise ResourceError("the Triton kernels need the 'triton' package, which is not installed: "
+                            "pip install 'medpipe[triton]'") from exc
     return triton_impl
 
 
