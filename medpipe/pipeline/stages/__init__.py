@@ -5,6 +5,14 @@ from __future__ import annotations
 import importlib
 
 _STAGE_MODULES: list[str] = [
+    "load_study",
+    "geometry",
+    "normalize",
+    "restore",
+    "postprocess",
+    "statistics",
+    "preview",
+    "write",
 ]
 
 for _m in _STAGE_MODULES:

@@ -1,0 +1,19 @@
+"""Preprocessing settings read from a model bundle (explicit stage params override them).
+
+"Inference reads preprocessing from the bundle, never from the user's memory": the
+reorient/resample/normalize stages accept ``bundle: <folder>`` and take orientation,
+spacing and normalisation from its ``model.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["bundle_preprocessing"]
+
+
+def bundle_preprocessing(path: str) -> Any:
+    """The bundle's ``Preprocessing`` record (BundleError with one sentence if unusable)."""
+    from medpipe.models.bundle import load_bundle
+
+    return load_bundle(path).config.preprocessing

@@ -1,0 +1,70 @@
+"""``load_study``: the study (DICOM folder/zip or a NIfTI/NRRD/MHA file) -> image + source refs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from medpipe.pipeline.artifacts import ImageArtifact, StudyInputArtifact, TableArtifact
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+
+__all__ = ["LoadStudy", "source_table"]
+
+
+def source_table(image: Any, path: Path) -> dict[str, Any]:
+    """What a DICOM SEG needs to reference the source series (empty lists for volume files)."""
+    extra = image.meta.extra
+    return {
+        "kind": "dicom" if extra.get("SOPInstanceUIDs") is not None and "series_id" in extra else "volume",
+        "study_path": str(path),
+        "study_uid": extra.get("StudyInstanceUID", ""),
+        "series_uid": image.meta.series_uid or extra.get("SeriesInstanceUID", ""),
+        "frame_of_reference_uid": extra.get("FrameOfReferenceUID", ""),
+        "modality": image.meta.modality,
+        "description": image.meta.description,
+        "sop_instance_uids": list(extra.get("SOPInstanceUIDs", []) or []),
+        "frame_numbers": list(extra.get("FrameNumbers", []) or []),
+        "files": [str(f) for f in image.meta.source_files] if "series_id" in extra else [str(path)],
+        "resampled": bool(extra.get("resampled", False)),
+        "shape": list(image.shape),
+        "affine": image.affine.tolist(),
+    }
+
+
+@register_stage
+class LoadStudy(Stage):
+    kind = "load_study"
+    description = "read the study (DICOM folder/zip or NIfTI/NRRD/MHA) into an image + its DICOM references"
+
+    class Params(StageParams):
+        # SeriesSelector fields (all that are set must hold), for DICOM studies.
+        modality: str | None = None
+        description: str | None = None
+        orientation: Literal["axial", "sagittal", "coronal", "oblique"] | None = None
+        min_slices: int | None = None
+        series_number: int | None = None
+        uid: str | None = None
+        largest: bool = False
+        first: bool = False
+        resample_irregular: bool = False
+
+    inputs = {"study": StudyInputArtifact}
+    outputs = {"image": ImageArtifact, "source": TableArtifact}
+
+    def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+        from medpipe.io.dicom import SeriesSelector, read_image
+
+        path = Path(inputs["study"])
+        fields = self.params.model_dump(exclude={"resample_irregular"})
+        chosen = {k: v for k, v in fields.items() if v not in (None, False)}
+        selector = SeriesSelector(**chosen) if chosen else None
+        image = read_image(path, selector, resample_irregular=self.params.resample_irregular)
+        for w in image.meta.extra.get("warnings", []) or []:
+            ctx.warn(str(w))
+        ctx.facts["input"] = {
+            "shape": list(image.shape),
+            "spacing": [round(s, 4) for s in image.spacing],
+            "orientation": image.orientation,
+            "modality": image.meta.modality,
+        }
+        return {"image": image, "source": source_table(image, path)}
