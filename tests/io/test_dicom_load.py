@@ -89,6 +89,7 @@ def test_geometry_and_values_exact(tmp_path, name):
         dict(naming="noext"),
         dict(naming="uid"),
         dict(multiframe=True),
+        dict(multiframe=True, transfer_syntax="1.2.840.10008.1.2.5"),
         dict(monochrome1=True),
         dict(transfer_syntax="1.2.840.10008.1.2.5"),  # RLE
         dict(transfer_syntax="1.2.840.10008.1.2.4.70"),  # JPEG lossless
@@ -246,3 +247,16 @@ def test_pydicom_reference_files_load():
     hu = ds.pixel_array.astype(np.int64) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
     np.testing.assert_array_equal(ct.array[0, :, :, 0].T, hu)
     assert ct.array.dtype == np.int16
+
+
+def test_siemens_mosaic_is_refused_not_misread():
+    """nibabel's test data: two Siemens mosaics; stacking them as 2 slices would be wrong."""
+    from pathlib import Path
+
+    import nibabel.testing
+
+    base = Path(nibabel.testing.data_path)
+    scan = scan_study(base / "0.dcm")
+    assert scan.series == [] and "Siemens MOSAIC" in scan.errors[0][1]
+    with pytest.raises(DicomError, match=r"no DICOM image series .*0\.dcm is a Siemens MOSAIC"):
+        scan.require_images()

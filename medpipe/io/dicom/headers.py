@@ -207,6 +207,13 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
     if not tsuid:
         implicit, little = ds.original_encoding
         tsuid = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+    image_type = _get(ds, "ImageType", []) or []
+    if "MOSAIC" in [str(v).upper() for v in (image_type if not isinstance(image_type, str) else [image_type])]:
+        return HeaderResult(
+            error="is a Siemens MOSAIC (slices tiled in one image), which medpipe does not unpack; "
+            "convert it with dcm2niix",
+            error_series_uid=series_uid,
+        )
     offset, length, pix_problem = _pixel_location(fh, ds, size, tsuid)
     if pix_problem:
         return HeaderResult(error=pix_problem, error_series_uid=series_uid)

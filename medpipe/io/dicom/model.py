@@ -150,7 +150,7 @@ class StudyScan:
             parts.append(f"{len(self.non_image)} non-image object(s) ({', '.join(kinds)})")
         if self.errors:
             f, why = self.errors[0]
-            parts.append(f"{len(self.errors)} unreadable DICOM file(s), e.g. {f}: {why}")
+            parts.append(f"{len(self.errors)} unusable DICOM file(s), e.g. {f} {why}")
         raise DicomError(f"no DICOM image series found in {self.root} ({'; '.join(parts)})")
 
     def to_dict(self) -> dict[str, Any]:
