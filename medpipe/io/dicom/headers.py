@@ -69,7 +69,8 @@ def _looks_like_dicom(head: bytes) -> bool:
     # Preamble-less files: a little-endian group 0002/0008 tag at byte 0.
     if len(head) >= 8:
         group = struct.unpack("<H", head[:2])[0]
-        return group in (0x0002, 0x0008) and head[4:6].isalpha() or group == 0x0008
+        explicit_meta = group == 0x0002 and head[4:6].isalpha()
+        return explicit_meta or group == 0x0008
     return False
 
 

@@ -7,6 +7,7 @@ objects; nothing here parses DICOM beyond recognising a DICOMDIR.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import zipfile
@@ -40,12 +41,17 @@ class Source:
         """A readable binary stream (a real file, or the zip member's bytes in memory)."""
         if self.member is None:
             return open(self.path, "rb")
-        with zipfile.ZipFile(self.path) as zf:
-            return io.BytesIO(zf.read(self.member))
+        return io.BytesIO(_open_zip(self.path, self.path.stat().st_mtime_ns).read(self.member))
 
     def read_bytes(self) -> bytes:
         with self.open() as fh:
             return fh.read()
+
+
+@functools.lru_cache(maxsize=4)
+def _open_zip(path: Path, mtime_ns: int) -> zipfile.ZipFile:
+    """One open archive per zip (re-reading the central directory per member is quadratic)."""
+    return zipfile.ZipFile(path)
 
 
 def is_dicomdir_name(name: str) -> bool:
