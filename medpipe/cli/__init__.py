@@ -18,6 +18,7 @@ from medpipe.cli.app import app
 # Each module registers its commands on ``app`` when imported (explicit list, no discovery).
 _COMMAND_MODULES = [
     "medpipe.cli.evaluate",
+    "medpipe.cli.train",
     "medpipe.cli.pipeline",
     "medpipe.cli.ingest",
     "medpipe.cli.data",
