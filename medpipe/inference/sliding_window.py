@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -190,11 +190,23 @@ class _Stitcher:
                 self.finalised = start + src + size
 
 
-def _progress(total: int, enabled: bool, description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _rich_track(enabled: bool) -> Callable[..., Iterable[Any]]:
+    """A transient rich progress bar over the batches (or a plain loop when disabled)."""
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=True), description, total
+    def track(items: list, total: int, description: str) -> Iterator[Any]:
+        if not enabled:
+            yield from items
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=True) as prog:
+            task = prog.add_task(description, total=total)
+            for item in items:
+                yield item
+                prog.advance(task)
+
+    return track
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -206,7 +218,7 @@ def _is_oom(exc: BaseException) -> bool:
 def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int], *,
             num_classes: int, overlap: float = 0.5, tta_axes: Sequence[int] = (), precision: str = "auto",
             batch_size: int | None = None, output: Output = "labels", device: str | torch.device = "cpu",
-            progress: bool = True, memory_budget_gb: float | None = None, accumulation: str = "fp32",
+            progress: bool | Callable[..., Iterable[Any]] = True, memory_budget_gb: float | None = None, accumulation: str = "fp32",
             stream: bool = True, sigma_scale: float = 0.125,
             probability_dtype: str = "fp16") -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
@@ -214,7 +226,9 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
     ``accumulation="fp16"`` halves the stitching buffer; ``stream=False`` keeps a
     whole-volume buffer (the dense reference behaviour, for comparison);
-    ``probability_dtype="fp32"`` returns full-precision probabilities (twice the memory).
+    ``probability_dtype="fp32"`` returns full-precision probabilities (twice the memory);
+    ``progress`` is a bool (rich bar) or a ``track(items, total=, description=)`` callable
+    such as ``StageContext.track``.
     """
     t0 = time.perf_counter()
     if output not in ("labels", "probabilities", "both"):
@@ -259,33 +273,30 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
                                 "try fp16 accumulation or a smaller --patch") from exc
         raise
 
-    prog, desc, total = _progress(tiles.n_tiles, progress, f"segmenting ({plan.name}, {len(flips)} TTA)")
-    groups = tiles.groups()
-    with prog:
-        task = prog.add_task(desc, total=total)
-        for gi, (_, origins) in enumerate(groups):
-            for b0 in range(0, len(origins), batch_size):
-                chunk = origins[b0:b0 + batch_size]
-                x = torch.cat([vol[(slice(None), slice(None), *(slice(o, o + p) for o, p in zip(org, patch,
-                                                                                                 strict=True)))]
-                               for org in chunk])
-                try:
-                    logits = _forward(model, x, plan, flips)
-                except RuntimeError as exc:
-                    if _is_oom(exc):
-                        raise ResourceError(
-                            f"the network ran out of memory on a batch of {len(chunk)} patch(es) of {patch}; "
-                            "try a smaller --patch or batch size") from exc
-                    raise
-                if logits.shape[1] != num_classes or tuple(logits.shape[2:]) != patch:
-                    raise InputError(f"the network returned logits of shape {tuple(logits.shape[1:])}, "
-                                     f"expected ({num_classes}, {', '.join(map(str, patch))})")
-                for n, org in enumerate(chunk):
-                    stitch.add(logits[n], org)
-                prog.advance(task, len(chunk))
-            if stream:
-                stitch.finalise(tiles.completed_before(gi))
-        stitch.finalise(tiles.shape[-1])
+    # (group index, tile origins, last batch of its group?) in processing order
+    batches = [(gi, origins[b0:b0 + batch_size], b0 + batch_size >= len(origins))
+               for gi, (_, origins) in enumerate(tiles.groups()) for b0 in range(0, len(origins), batch_size)]
+    track = progress if callable(progress) else _rich_track(bool(progress))
+    for gi, chunk, group_done in track(batches, total=len(batches),
+                                       description=f"segmenting ({plan.name}, {len(flips)} TTA)"):
+        x = torch.cat([vol[(slice(None), slice(None), *(slice(o, o + p) for o, p in zip(org, patch, strict=True)))]
+                       for org in chunk])
+        try:
+            logits = _forward(model, x, plan, flips)
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise ResourceError(f"the network ran out of memory on a batch of {len(chunk)} patch(es) of "
+                                    f"{patch}; try a smaller --patch or batch size") from exc
+            raise
+        if logits.shape[1] != num_classes or tuple(logits.shape[2:]) != patch:
+            raise InputError(f"the network returned logits of shape {tuple(logits.shape[1:])}, "
+                             f"expected ({num_classes}, {', '.join(map(str, patch))})")
+        for n, org in enumerate(chunk):
+            stitch.add(logits[n], org)
+        del logits
+        if stream and group_done:
+            stitch.finalise(tiles.completed_before(gi))
+    stitch.finalise(tiles.shape[-1])
 
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, orig_shape, strict=True))
     labels = np.ascontiguousarray(stitch.labels[crop]) if stitch.labels is not None else None

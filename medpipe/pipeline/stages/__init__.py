@@ -13,6 +13,7 @@ _STAGE_MODULES: list[str] = [
     "statistics",
     "preview",
     "write",
+    "segment",
 ]
 
 for _m in _STAGE_MODULES:
