@@ -204,19 +204,22 @@ def _labels_onehot(lab: np.ndarray, taps: tuple[AxisTaps, AxisTaps, AxisTaps]) -
     Background is the remainder ``1 - sum(p_label)`` (interpolation weights sum to one),
     so the result equals arg-max over the full one-hot stack without ever holding it.
     """
+    from scipy import ndimage
+
     out_shape = tuple(t.n_out for t in taps)
     best = np.zeros(out_shape, np.float32)
     total = np.zeros(out_shape, np.float32)
     arg = np.zeros(out_shape, lab.dtype)
-    for value in np.unique(lab):
-        if value == 0:
+    if lab.dtype.kind == "i" and lab.min() < 0:
+        raise InputError("label maps must hold non-negative integers")
+    # One pass finds every label's bounding box; each label then works inside its own box.
+    boxes = ndimage.find_objects(lab.astype(np.int64, copy=False) if lab.dtype.kind not in "iu" else lab)
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
             continue
-        mask = lab == value
         src_slices, dst_slices, sub_taps = [], [], []
         for ax in range(3):
-            other = tuple(i for i in range(3) if i != ax)
-            nz = np.flatnonzero(mask.any(axis=other))
-            lo, hi = int(nz[0]), int(nz[-1])
+            lo, hi = int(box[ax].start), int(box[ax].stop) - 1
             t = taps[ax]
             touches = np.any((t.idx >= lo) & (t.idx <= hi) & (t.weight != 0), axis=0) & t.inside
             d = np.flatnonzero(touches)
@@ -234,7 +237,7 @@ def _labels_onehot(lab: np.ndarray, taps: tuple[AxisTaps, AxisTaps, AxisTaps]) -
                 )
             )
         else:
-            block = mask[tuple(src_slices)].astype(np.float32)
+            block = (lab[tuple(src_slices)] == value).astype(np.float32)
             p = resample_separable(block, tuple(sub_taps), fill=0.0)  # type: ignore[arg-type]
             region = tuple(dst_slices)
             total[region] += p

@@ -65,7 +65,7 @@ def test_postprocess_largest_component_fill_holes_and_islands(tmp_path: Path) ->
 def test_statistics_volumes_and_intensities_match_the_phantom(tmp_path: Path) -> None:
     ct, lab = ct_phantom((40, 36, 24), (0.8, 0.9, 2.5), seed=3)
     out, _ = _run("statistics", {}, {"labels": lab, "image": ct}, tmp_path)
-    table = out["statistics"]
+    table = out["table"]
     voxel_ml = 0.8 * 0.9 * 2.5 / 1000
     assert table["voxel_volume_ml"] == pytest.approx(voxel_ml)
     assert set(table["structures"]) == set(CT_LABELS.values())

@@ -61,7 +61,7 @@ class Statistics(Stage):
 
     inputs = {"labels": LabelArtifact, "image": ImageArtifact}
     optional_inputs = frozenset({"image"})
-    outputs = {"statistics": TableArtifact}
+    outputs = {"table": TableArtifact}
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
-        return {"statistics": label_statistics(inputs["labels"], inputs.get("image"))}
+        return {"table": label_statistics(inputs["labels"], inputs.get("image"))}
