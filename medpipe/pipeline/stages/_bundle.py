@@ -13,7 +13,12 @@ __all__ = ["bundle_preprocessing"]
 
 
 def bundle_preprocessing(path: str) -> Any:
-    """The bundle's ``Preprocessing`` record (BundleError with one sentence if unusable)."""
-    from medpipe.models.bundle import load_bundle
+    """The bundle's ``Preprocessing`` record (BundleError with one sentence if unusable).
 
-    return load_bundle(path).config.preprocessing
+    The path is resolved like the segment stage resolves it (absolute, relative, or a
+    bundle shipped with medpipe), so one ``bundle:`` value works for every stage.
+    """
+    from medpipe.models.bundle import load_bundle
+    from medpipe.pipeline.stages.segment import resolve_bundle_path
+
+    return load_bundle(resolve_bundle_path(path)).config.preprocessing

@@ -28,7 +28,7 @@ def label_statistics(labels: Image, image: Image | None = None) -> dict[str, Any
         )
     voxel_ml = float(abs(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     arr = labels.array[0]
-    named = {int(k) for k in (labels.meta.extra.get("labels") or {})}
+    named = {int(k) for k in (labels.meta.extra.get("labels") or {})} - {0}  # background is not a structure
     values = sorted(named | set(present_labels(labels)))
     counts = np.bincount(arr.ravel().astype(np.int64), minlength=max(values, default=0) + 1)
     intens = image.array[0] if image is not None else None
