@@ -143,8 +143,13 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    stop_after_epoch: int | None = None,
 ) -> TrainResult:
-    """Plan, preprocess, train, validate, evaluate and save the bundle (``bundle=None``: no bundle)."""
+    """Plan, preprocess, train, validate, evaluate and save the bundle (``bundle=None``: no bundle).
+
+    ``stop_after_epoch`` checkpoints and returns after that epoch (no bundle), for
+    time-boxed sessions continued later with ``resume=True``.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medpipe.inference.precision import resolve_precision
@@ -197,7 +202,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log, start = state["log"], state["epoch"] + 1
         _set_rng_state(state["rng"], sampler, augmenter)
-    torch.manual_seed(cfg.seed + start) if not resume else None
+    if not resume:
+        torch.manual_seed(cfg.seed)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn()]
@@ -240,13 +246,18 @@ def train(
             log.append(row)
             write_log(log, work / LOG_FILE)
             plot_learning_curve(log, work / CURVE_FILE)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            stop = stop_after_epoch is not None and epoch >= stop_after_epoch and not last
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last or stop:
                 _save_checkpoint(ckpt_path, model, optimizer, epoch, log, sampler, augmenter, cfg, plan)
             if val_cases and row["val_dice"] is not None:
                 bar.console.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f}")
+            if stop:
+                break
 
     train_rows = [r for r in log if r.get("epoch_seconds")]
     sec = float(np.median([r["epoch_seconds"] for r in train_rows])) if train_rows else float("nan")
+    if len(log) < cfg.epochs:  # stopped early: the checkpoint is the result
+        return TrainResult(None, work, log, plan, val_names, None, sec)
     evaluation = None
     report = None
     if val_names:
