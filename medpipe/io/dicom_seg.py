@@ -55,27 +55,59 @@ def read_source_datasets(files: Sequence[str | Path]) -> list[Any]:
     return out
 
 
-def _sort_by_position(datasets: list[Any]) -> list[Any]:
-    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
+def _plane(ds: Any, frame: int | None) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """(IOP, PixelSpacing, IPP) of a single-frame dataset or of one frame of a multi-frame one."""
+    if frame is None:
+        return (
+            np.asarray(ds.ImageOrientationPatient, dtype=np.float64),
+            [float(v) for v in ds.PixelSpacing],
+            np.asarray(ds.ImagePositionPatient, dtype=np.float64),
+        )
+    per = ds.PerFrameFunctionalGroupsSequence[frame]
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+
+    def item(name: str) -> Any:
+        if name in per:
+            return getattr(per, name)[0]
+        if shared is not None and name in shared:
+            return getattr(shared, name)[0]
+        raise DicomError(f"{getattr(ds, 'filename', 'the source')}: frame {frame + 1} has no {name}")
+
+    return (
+        np.asarray(item("PlaneOrientationSequence").ImageOrientationPatient, dtype=np.float64),
+        [float(v) for v in item("PixelMeasuresSequence").PixelSpacing],
+        np.asarray(item("PlanePositionSequence").ImagePositionPatient, dtype=np.float64),
+    )
+
+
+def _slices(datasets: list[Any]) -> list[tuple[Any, int | None]]:
+    """(dataset, frame) per slice, sorted along the slice normal (the loader's order)."""
+    if len(datasets) == 1 and int(getattr(datasets[0], "NumberOfFrames", 1) or 1) > 1:
+        items: list[tuple[Any, int | None]] = [(datasets[0], f) for f in range(int(datasets[0].NumberOfFrames))]
+    elif any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise DicomError(
+            f"{getattr(datasets[0], 'filename', 'the source series')}: a series of several multi-frame files "
+            "cannot be referenced by one DICOM SEG; write NIfTI/NRRD instead"
+        )
+    else:
+        items = [(ds, None) for ds in datasets]
+    iop = _plane(*items[0])[0]
     normal = np.cross(iop[:3], iop[3:])
-    depth = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))) for ds in datasets]
-    return [datasets[i] for i in np.argsort(depth, kind="stable")]
+    depth = [float(np.dot(normal, _plane(ds, f)[2])) for ds, f in items]
+    return [items[i] for i in np.argsort(depth, kind="stable")]
 
 
-def source_affine(datasets: Sequence[Any]) -> np.ndarray:
-    """RAS+ affine of a single-frame series in the given slice order (I = columns, J = rows)."""
-    ds0 = datasets[0]
-    iop = np.asarray(ds0.ImageOrientationPatient, dtype=np.float64)
-    ps = [float(v) for v in ds0.PixelSpacing]  # (between rows, between columns)
-    ipp0 = np.asarray(ds0.ImagePositionPatient, dtype=np.float64)
+def source_affine(slices: Sequence[tuple[Any, int | None]]) -> np.ndarray:
+    """RAS+ affine of the source slices in the given order (I = columns, J = rows)."""
+    iop, ps, ipp0 = _plane(*slices[0])  # ps = (between rows, between columns)
     aff = np.eye(4)
     aff[:3, 0] = iop[:3] * ps[1]
     aff[:3, 1] = iop[3:] * ps[0]
-    if len(datasets) > 1:
-        ipp1 = np.asarray(datasets[-1].ImagePositionPatient, dtype=np.float64)
-        aff[:3, 2] = (ipp1 - ipp0) / (len(datasets) - 1)
+    if len(slices) > 1:
+        ipp1 = _plane(*slices[-1])[2]
+        aff[:3, 2] = (ipp1 - ipp0) / (len(slices) - 1)
     else:
-        thick = float(getattr(ds0, "SliceThickness", 1.0) or 1.0)
+        thick = float(getattr(slices[0][0], "SliceThickness", 1.0) or 1.0)
         aff[:3, 2] = np.cross(iop[:3], iop[3:]) * thick
     aff[:3, 3] = ipp0
     out = np.eye(4)
@@ -134,7 +166,7 @@ def write_dicom_seg(
     """Write ``labels`` (on the source series' exact grid) as a DICOM SEG at ``path``.
 
     ``source``: the source series' files (paths, ``zip!member`` labels) or pydicom
-    datasets, any order. ``label_info``: ``value -> (name, (r, g, b))`` for the labels to
+    datasets, any order; or one multi-frame (enhanced) file. ``label_info``: ``value -> (name, (r, g, b))`` for the labels to
     write. Returns ``label value -> segment number`` (segment numbers run 1..N).
     """
     import highdicom as hd
@@ -147,32 +179,32 @@ def write_dicom_seg(
     if not source:
         raise DicomError("no source DICOM files for the DICOM SEG; the input was not a DICOM series")
     datasets = list(source) if not isinstance(source[0], (str, Path)) else read_source_datasets(source)  # type: ignore[arg-type]
-    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
-        raise DicomError(
-            f"{getattr(datasets[0], 'filename', 'the source series')}: multi-frame source series are not "
-            "supported for DICOM SEG output yet; write NIfTI/NRRD instead"
-        )
-    datasets = _sort_by_position(datasets)
+    slices = _slices(datasets)
     arr = labels.array[0]
-    n_slices = len(datasets)
+    n_slices = len(slices)
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     if arr.shape != (cols, rows, n_slices):
         raise GeometryError(
             f"the label map has shape {arr.shape} but the source series {datasets[0].SeriesInstanceUID} "
             f"is {cols}x{rows}x{n_slices} (columns x rows x slices); restore the geometry first"
         )
-    src_aff = source_affine(datasets)
+    src_aff = source_affine(slices)
     if not np.allclose(labels.affine, src_aff, atol=_GEOMETRY_ATOL_MM):
         raise GeometryError(
             f"the label map's affine does not match the source series {datasets[0].SeriesInstanceUID} "
             f"slice positions (max difference {np.abs(labels.affine - src_aff).max():.3g} mm); "
             "the mask would not overlay the images"
         )
+    multiframe = slices[0][1] is not None
+    if not multiframe:
+        datasets = [ds for ds, _ in slices]  # SEG frames follow the source files in slice order
 
     values = sorted(int(v) for v in label_info)
     seg_number = {v: i + 1 for i, v in enumerate(values)}
     frames = np.zeros((n_slices, rows, cols), np.uint16 if len(values) > 255 else np.uint8)
     kji = arr.transpose(2, 1, 0)  # (slices, rows, cols)
+    if multiframe:  # frame f of the SEG <-> frame f of the multi-frame source
+        kji = kji[np.argsort([f for _, f in slices])]
     for v, s in seg_number.items():
         frames[kji == v] = s
     algo = hd.AlgorithmIdentificationSequence(

@@ -215,3 +215,31 @@ def test_restore_stage_uses_the_processed_image_history(tmp_path: Path) -> None:
     assert restored.shape == ct.shape and np.array_equal(restored.affine, ct.affine)
     assert np.array_equal(restored.array[0], (ct.array[0] > 250).astype(np.uint8))
     assert not ctx.warnings
+
+
+def test_dicom_seg_for_a_multiframe_source_and_geometry_refusal(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from medpipe.io.dicom_seg import write_dicom_seg
+
+    ct, lab = ct_phantom((32, 28, 10), (1.0, 1.2, 2.5), seed=5)
+    folder = tmp_path / "mf"
+    write_dicom_series(ct, folder, multiframe=True, seed=5)
+    loaded, _ = _run("load_study", {}, {"study": folder}, tmp_path)
+    src = loaded["source"]
+    assert len(src["files"]) == 1 and len(src["frame_numbers"]) == 10
+    labels = Image(lab.array, loaded["image"].affine, lab.meta.copy(), is_label=True)
+    out, _ = _run("write", {"formats": ["dicom_seg"]}, {"labels": labels, "source": src}, tmp_path)
+    seg = hd.seg.segread(out["files"]["dicom_seg"])
+    sop = src["sop_instance_uids"][0]
+    px = seg.get_pixels_by_source_frame(
+        sop, source_frame_numbers=[f + 1 for f in src["frame_numbers"]], combine_segments=True
+    )
+    assert np.array_equal(px, lab.array[0].transpose(2, 1, 0))  # all 8 organs present: segment == value
+    # A label map one slice off the source grid is refused.
+    moved = lab.affine.copy()
+    moved[:3, 3] += moved[:3, 2]
+    shifted = Image(lab.array, loaded["image"].affine @ np.linalg.inv(lab.affine) @ moved, is_label=True)
+    with pytest.raises(GeometryError, match="would not overlay"):
+        write_dicom_seg(shifted, src["files"], {1: ("liver", (1, 2, 3))}, tmp_path / "bad.dcm")
+    assert not (tmp_path / "bad.dcm").exists()
