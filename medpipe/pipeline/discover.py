@@ -6,8 +6,10 @@ The rule, in order:
    DICOM file) is one study.
 2. A folder that directly contains DICOM files (by the ``DICM`` magic or a ``.dcm``
    suffix; a DICOMDIR counts) is one study.
-3. A folder whose sub-folders all hold DICOM series of the *same* StudyInstanceUID (one
-   study exported as one folder per series), with no image files beside them, is one study.
+3. A folder whose DICOM-holding sub-folders all hold series of the *same*
+   StudyInstanceUID (one study exported as one folder per series), with no image files
+   beside them, is one study; sub-folders without DICOM files (a ``ground_truth/`` or
+   ``reports/`` folder) do not split it into a batch.
 4. Otherwise every visible child that is an image file, a zip or a non-empty folder is
    one study (a batch). Hidden entries and other files (README, JSON) are ignored.
 
@@ -58,9 +60,10 @@ def _first_dicom(folder: Path) -> Path | None:
 
 
 def _study_uid(folder: Path) -> str | None:
+    """The folder's StudyInstanceUID; ``""`` when it holds no DICOM, None when unreadable."""
     first = _first_dicom(folder)
     if first is None:
-        return None
+        return ""
     try:
         import pydicom
 
@@ -87,7 +90,7 @@ def discover_studies(path: str | Path) -> list[tuple[str, Path]]:
     folders = [c for c in children if c.is_dir() and any(_visible(c))]
     images = [c for c in children if _is_image_file(c)]
     if folders and not images:
-        uids = {_study_uid(f) for f in folders}
+        uids = {_study_uid(f) for f in folders} - {""}
         if len(uids) == 1 and None not in uids:
             return [(study_name_of(path), path)]
     studies = [(study_name_of(c), c) for c in [*folders, *images]]

@@ -45,6 +45,14 @@ def test_series_subfolders_of_one_study_are_one_study(tmp_path: Path) -> None:
     _dicom(study / "series_1" / "a.dcm", "1.2.3.4")
     _dicom(study / "series_2" / "b.dcm", "1.2.3.4")
     assert discover_studies(study) == [("patient_x", study)]
+    # a side folder without DICOM (ground truth, reports) does not turn the study into a batch
+    write_nifti(study / "ground_truth" / "labels.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    assert discover_studies(study) == [("patient_x", study)]
+    # ... but folders of nothing but NIfTI studies are still a batch
+    batch = tmp_path / "nifti_batch"
+    write_nifti(batch / "case_a" / "ct.nii.gz", np.zeros((4, 4, 4), np.float32))
+    write_nifti(batch / "case_b" / "ct.nii.gz", np.zeros((4, 4, 4), np.float32))
+    assert [n for n, _ in discover_studies(batch)] == ["case_a", "case_b"]
 
 
 def test_folder_of_studies_is_a_batch(tmp_path: Path) -> None:
