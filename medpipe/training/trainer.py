@@ -167,7 +167,6 @@ def train(
     work = Path(work_dir) if work_dir else Path(f"{bundle}.work") if bundle else None
     if work is None:
         raise InputError("train needs a bundle path or a work_dir for its checkpoints")
-    work.mkdir(parents=True, exist_ok=True)
     ckpt_path = work / CHECKPOINT
     if resume and not ckpt_path.exists():
         raise InputError(f"--resume: no {CHECKPOINT} in {work}")
@@ -177,9 +176,10 @@ def train(
 
     fp = compute_fingerprint(ds, seed=cfg.seed)
     plan = make_plan(fp, spacing=cfg.spacing, patch_size=cfg.patch_size, max_patch_voxels=cfg.max_patch_voxels)
+    train_names, val_names = kfold_split([c.name for c in ds.cases], cfg.fold, cfg.n_folds)
+    work.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     (work / "fingerprint.json").write_text(json.dumps(fp.to_dict()))
     (work / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
-    train_names, val_names = kfold_split([c.name for c in ds.cases], cfg.fold, cfg.n_folds)
     files = preprocess_dataset(ds.cases, plan, work, progress=progress)
     train_cases = [load_preprocessed(files[n]) for n in train_names]
     val_cases = [load_preprocessed(files[n]) for n in val_names]

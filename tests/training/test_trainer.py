@@ -70,3 +70,14 @@ def test_poly_lr():
     assert poly_lr(0.01, 0, 10) == 0.01
     assert poly_lr(0.01, 5, 10) == pytest.approx(0.01 * 0.5**0.9)
     assert np.isclose(poly_lr(0.01, 9, 10), 0.01 * 0.1**0.9)
+
+
+def test_cli_refuses_bad_options_before_writing(tiny_dataset, tmp_path, capsys):
+    from medpipe.cli import main
+
+    out = tmp_path / "b"
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--fold", "7"]) == 2
+    assert "fold must be 0..4" in capsys.readouterr().err
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "20,16,16", "--spacing", "3"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "b.work").exists()
