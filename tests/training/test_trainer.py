@@ -78,6 +78,8 @@ def test_cli_refuses_bad_options_before_writing(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["train", str(tiny_dataset), "-o", str(out), "--fold", "7"]) == 2
     assert "fold must be 0..4" in capsys.readouterr().err
-    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "20,16,16", "--spacing", "3"]) == 2
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "18,16,16", "--spacing", "3"]) == 2
     assert "not divisible" in capsys.readouterr().err
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "16,16,16", "--spacing", "3"]) == 2
+    assert "4 cases cannot be split into 5 folds" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "b.work").exists()
