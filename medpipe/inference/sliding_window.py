@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from medpipe.errors import InputError, ResourceError
 from medpipe.inference.gaussian import gaussian_importance_map
+from medpipe.inference.optimize import optimize_for_inference
 from medpipe.inference.precision import PrecisionPlan, resolve_precision
 from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
 from medpipe.kernels import accumulate_patch
@@ -220,7 +221,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
             batch_size: int | None = None, output: Output = "labels", device: str | torch.device = "cpu",
             progress: bool | Callable[..., Iterable[Any]] = True, memory_budget_gb: float | None = None, accumulation: str = "fp32",
             stream: bool = True, sigma_scale: float = 0.125,
-            probability_dtype: str = "fp16") -> Prediction:
+            probability_dtype: str = "fp16", optimize: bool = True) -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
 
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
@@ -228,7 +229,8 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     whole-volume buffer (the dense reference behaviour, for comparison);
     ``probability_dtype="fp32"`` returns full-precision probabilities (twice the memory);
     ``progress`` is a bool (rich bar) or a ``track(items, total=, description=)`` callable
-    such as ``StageContext.track``.
+    such as ``StageContext.track``; ``optimize`` applies ``optimize_for_inference`` (1x1x1
+    convs as GEMMs, fused InstanceNorm+LeakyReLU; same weights).
     """
     t0 = time.perf_counter()
     if output not in ("labels", "probabilities", "both"):
@@ -261,7 +263,10 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
         flat = [v for a, b in reversed(pads) for v in (a, b)]
         vol = F.pad(vol, flat, mode="constant", value=0.0)
     vol = vol.to(dev)[None]
-    model = plan.prepare_model(model.eval().to(dev))
+    model = model.eval().to(dev)
+    if optimize:
+        model = optimize_for_inference(model)
+    model = plan.prepare_model(model)
     gaussian = gaussian_importance_map(patch, sigma_scale, dev)
     acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
     try:
@@ -305,6 +310,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
         "precision": plan.name,
         "precision_reason": plan.reason,
         "channels_last": plan.channels_last,
+        "optimized": optimize,
         "device": str(dev),
         "patch_size": list(patch),
         "overlap": overlap,
