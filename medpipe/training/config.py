@@ -39,6 +39,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     augment: bool = True
     elastic: bool = False
+    mirror_axes: list[int] | None = None  # None: all, minus left-right for sided labels
     fg_fraction: float = Field(1 / 3, ge=0, le=1)
     val_tta: bool = False
     nsd_tolerance_mm: float = Field(2.0, ge=0)

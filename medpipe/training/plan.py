@@ -10,6 +10,9 @@
   spacing is within 2x of the finest (nnU-Net ``get_pool_and_conv_props``); kernels are
   3 on an axis once its spacing is within 2x of the finest, else 1. STU-Net has a fixed
   number of levels, so axes that must not be pooled get 1s;
+- mirroring (augmentation and TTA): every axis, except left-right (RAS axis 0) when
+  labels come in left/right pairs — a mirrored right kidney is a left kidney, so the
+  network could not learn which is which (TotalSegmentator disables mirroring for this);
 - normalisation: CT -> clip to foreground 0.5/99.5 percentiles + dataset mean/std;
   other modalities -> per-image z-score.
 """
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +29,7 @@ import numpy as np
 from medpipe.errors import InputError
 from medpipe.training.fingerprint import Fingerprint
 
-__all__ = ["Plan", "target_spacing", "pooling", "make_plan", "STUNET_LEVELS"]
+__all__ = ["Plan", "target_spacing", "pooling", "make_plan", "mirror_axes", "STUNET_LEVELS"]
 
 STUNET_LEVELS = 5  # STU-Net: 6 stages = 5 downsamplings
 ANISO_THRESHOLD = 3.0
@@ -84,6 +88,14 @@ def pooling(spacing: list[float], patch: list[int], levels: int = STUNET_LEVELS)
     return pools, convs
 
 
+def mirror_axes(label_names: dict[int, str] | None) -> list[int]:
+    """Axes safe to mirror: not left-right (axis 0 in RAS) when any label is sided."""
+    sided = re.compile(r"(^|[_\s-])(left|right|l|r)($|[_\s-])", re.IGNORECASE)
+    if label_names and any(sided.search(n) for n in label_names.values()):
+        return [1, 2]
+    return [0, 1, 2]
+
+
 def _divisor(pools: list[list[int]]) -> list[int]:
     return [math.prod(p[a] for p in pools) for a in range(3)]
 
@@ -94,6 +106,8 @@ def make_plan(
     spacing: list[float] | None = None,
     patch_size: list[int] | None = None,
     max_patch_voxels: int = 64**3,
+    label_names: dict[int, str] | None = None,
+    mirror: list[int] | None = None,
 ) -> Plan:
     """The plan for ``fp``; ``spacing`` / ``patch_size`` override the rules (recorded as given)."""
     tgt = [float(s) for s in spacing] if spacing else target_spacing(fp.spacings, fp.shapes)
@@ -128,4 +142,7 @@ def make_plan(
                 "mean": it["mean"], "std": max(it["std"], 1e-3)}  # nnU-Net: unclipped fg stats
     else:
         norm = {"scheme": "zscore"}
-    return Plan(tgt, patch, pools, convs, norm, median_shape)
+    axes = list(mirror) if mirror is not None else mirror_axes(label_names)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise InputError(f"mirror axes must be among 0, 1, 2, got {axes}")
+    return Plan(tgt, patch, pools, convs, norm, median_shape, tta_axes=axes)

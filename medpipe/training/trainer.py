@@ -175,7 +175,8 @@ def train(
                          "it or --overwrite to start again")
 
     fp = compute_fingerprint(ds, seed=cfg.seed)
-    plan = make_plan(fp, spacing=cfg.spacing, patch_size=cfg.patch_size, max_patch_voxels=cfg.max_patch_voxels)
+    plan = make_plan(fp, spacing=cfg.spacing, patch_size=cfg.patch_size, max_patch_voxels=cfg.max_patch_voxels,
+                     label_names=ds.labels, mirror=cfg.mirror_axes)
     train_names, val_names = kfold_split([c.name for c in ds.cases], cfg.fold, cfg.n_folds)
     work.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     (work / "fingerprint.json").write_text(json.dumps(fp.to_dict()))
@@ -190,7 +191,7 @@ def train(
     model = precision.prepare_model(model)
     optimizer = _optimizer(cfg, model)
     sampler = PatchSampler(train_cases, plan.patch_size, cfg.fg_fraction, seed=cfg.seed)
-    augmenter = Augmenter(seed=cfg.seed, elastic=cfg.elastic) if cfg.augment else None
+    augmenter = Augmenter(seed=cfg.seed, elastic=cfg.elastic, mirror_axes=tuple(plan.tta_axes)) if cfg.augment else None
     loss_fn = DeepSupervisionLoss()
     log: list[dict[str, Any]] = []
     start = 0

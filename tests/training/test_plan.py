@@ -65,3 +65,13 @@ def test_fingerprint_of_phantoms(tiny_dataset):
     assert it["percentile_00_5"] < it["mean"] < it["percentile_99_5"] and it["std"] > 0
     sp, sh = ras_spacing_shape(np.diag([-2.0, 3.0, 1.0, 1.0])[[1, 0, 2, 3]], (10, 20, 30))
     assert sp == [3.0, 2.0, 1.0] and sh == [20, 10, 30]
+
+
+def test_left_right_labels_are_not_mirrored_left_right():
+    from medpipe.training.plan import mirror_axes
+
+    fp = _fp([(1.5, 1.5, 2.0)] * 2, [(96, 96, 80)] * 2)
+    assert make_plan(fp, label_names={1: "liver", 2: "kidney_left", 3: "kidney_right"}).tta_axes == [1, 2]
+    assert make_plan(fp, label_names={1: "liver", 2: "spleen"}).tta_axes == [0, 1, 2]
+    assert make_plan(fp, label_names={1: "liver"}, mirror=[2]).tta_axes == [2]
+    assert mirror_axes({1: "lung_L"}) == [1, 2] and mirror_axes({1: "larynx"}) == [0, 1, 2]
