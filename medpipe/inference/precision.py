@@ -6,10 +6,10 @@ channels-last. On CPUs with AMX-BF16 tiles oneDNN's bf16 convolutions are severa
 faster than fp32, so bf16 + channels-last is chosen there. On CPUs that only have
 AVX512-BF16 (``vdpbf16ps``, no AMX — e.g. this project's benchmark machine, where the
 hypervisor hides AMX) we measured oneDNN's bf16 3D convolutions to be *slower* than fp32
-and a whole STU-Net-S patch no faster (docs/inference.md, benchmarks/RESULTS.md), so
-``auto`` runs fp32 with channels-last there (the fastest measured combination with the
-``optimize`` rewrites) and bf16 is available on request. An explicit ``fp32`` keeps the
-contiguous layout: it is the exact reference path. Logits are always accumulated in fp32 (or fp16 when the
+and a whole STU-Net-S patch no faster than fp32 with the ``optimize`` rewrites
+(docs/inference.md, benchmarks/RESULTS.md), so ``auto`` runs fp32 there; channels-last
+was faster in one run and slower in another on this shared machine, so it keeps the
+contiguous layout. bf16 stays available on request. Logits are always accumulated in fp32 (or fp16 when the
 caller asks, to halve the stitching buffer).
 """
 
@@ -95,7 +95,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Pre
             return PrecisionPlan("bf16", dev, True, "auto: CPU has AMX-BF16, bf16 autocast + channels-last")
         why = ("CPU has AVX512-BF16 but no AMX; bf16 3D convs measured slower than fp32 there"
                if _cpu_has_avx512_bf16() else "CPU has no bf16 units")
-        return PrecisionPlan("fp32", dev, True, f"auto: fp32 + channels-last ({why})")
+        return PrecisionPlan("fp32", dev, False, f"auto: fp32 ({why})")
     if precision == "bf16":
         return PrecisionPlan("bf16", dev, True, "requested bf16 (autocast + channels-last)")
     if precision == "fp16":
