@@ -38,16 +38,16 @@ CT_LABELS: dict[int, str] = {
     7: "vertebrae",
     8: "pancreas",
 }
-# RGB per label, close to the colours TotalSegmentator / Slicer use for these structures.
+# RGB per label: Slicer-like hues, spread apart so neighbouring organs stay distinguishable in previews.
 CT_COLORS: dict[int, tuple[int, int, int]] = {
-    1: (221, 130, 101),
-    2: (157, 108, 162),
-    3: (185, 102, 83),
-    4: (185, 102, 83),
-    5: (216, 132, 105),
-    6: (224, 97, 76),
-    7: (241, 214, 145),
-    8: (249, 180, 111),
+    1: (221, 130, 101),  # liver: brownish red
+    2: (157, 108, 162),  # spleen: purple
+    3: (250, 200, 60),  # kidney_right: amber
+    4: (235, 140, 30),  # kidney_left: orange
+    5: (255, 160, 200),  # stomach: pink
+    6: (220, 40, 40),  # aorta: red
+    7: (241, 214, 145),  # vertebrae: bone
+    8: (90, 190, 110),  # pancreas: green
 }
 MR_LABELS: dict[int, str] = {1: "white_matter", 2: "grey_matter", 3: "csf"}
 MR_COLORS: dict[int, tuple[int, int, int]] = {1: (245, 245, 245), 2: (160, 160, 160), 3: (80, 160, 220)}
