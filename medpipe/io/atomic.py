@@ -49,17 +49,22 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; move it into place on success."""
+def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; move it into place on success.
+
+    ``tmp_prefix`` names the temporaries (default ``.<name>.``) so a caller can find and
+    clean the ones a killed process left behind (the pipeline runner puts its pid in it).
+    """
     path = Path(path)
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    prefix = tmp_prefix or f".{path.name}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = Path(tempfile.mkdtemp(prefix=f"{prefix}old-", dir=path.parent))
+            os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 import traceback
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError, MedpipeError, PipelineError
+from medpipe.io.atomic import atomic_dir
 from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact
 from medpipe.pipeline.cache import hash_files, hash_study, stage_key
 from medpipe.pipeline.graph import PipelineGraph
@@ -184,22 +184,8 @@ class _StudyRun:
 
     def _publish(self, stage: str, fill: Callable[[Path], None]) -> None:
         """Fill a fresh temp folder and rename it to ``artifacts/<stage>``; all or nothing."""
-        self.artifacts.mkdir(parents=True, exist_ok=True)
-        tmp = self.artifacts / f".{stage}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
-        tmp.mkdir()
-        try:
+        with atomic_dir(self.stage_dir(stage), overwrite=True, tmp_prefix=f".{stage}.tmp-{os.getpid()}-") as tmp:
             fill(tmp)
-            final = self.stage_dir(stage)
-            if final.exists():
-                old = self.artifacts / f".{stage}.tmp-{os.getpid()}-old-{secrets.token_hex(3)}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     # -- cache ---------------------------------------------------------------------------
     def key_of(self, stage: str) -> str:
