@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle
 
 setup: $(STAMP) system-deps
 
@@ -37,6 +37,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/ingest.py
+
+# Re-train the shipped CT bundle from nothing (phantom dataset -> train -> held-out evaluation).
+train-ct-bundle: setup
+	$(BIN)/python -m medpipe.training.recipe configs/train_ct_phantom.yaml -o medpipe/bundles/ct_organs_phantom --overwrite
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
