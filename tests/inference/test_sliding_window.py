@@ -64,7 +64,7 @@ def test_fp32_path_equals_dense_reference():
     net, vol, patch = tiny_net(), volume(), (24, 20, 32)
     ref = dense_reference(net, vol, patch)
     res = predict(net, vol, patch, num_classes=4, precision="fp32", output="both", progress=False,
-                  probability_dtype="fp32")
+                  probability_dtype="fp32", backend="torch")
     assert res.labels.shape == vol.shape[1:] and res.labels.dtype == np.uint8
     np.testing.assert_allclose(res.probabilities, softmax(ref), atol=1e-5)
     # labels are the argmax of the blended logits (ignore voxels where the top two are tied to 1e-5)
@@ -76,7 +76,8 @@ def test_fp32_path_equals_dense_reference():
 
 def test_streamed_slab_path_equals_dense_buffer_path():
     net, vol, patch = tiny_net(k=5), volume((30, 28, 70)), (16, 16, 24)
-    kw = dict(num_classes=5, precision="fp32", output="both", progress=False, probability_dtype="fp32")
+    kw = dict(num_classes=5, precision="fp32", output="both", progress=False, probability_dtype="fp32",
+              backend="torch")
     streamed = predict(net, vol, patch, stream=True, **kw)
     dense = predict(net, vol, patch, stream=False, **kw)
     assert streamed.facts["slab_depth"] == 24 and dense.facts["slab_depth"] == 70
@@ -88,7 +89,7 @@ def test_streamed_slab_path_equals_dense_buffer_path():
 def test_image_smaller_than_patch_is_padded_and_cropped_back():
     net, vol, patch = tiny_net(), volume((12, 30, 9)), (16, 16, 16)
     res = predict(net, vol, patch, num_classes=4, precision="fp32", output="both", progress=False,
-                  probability_dtype="fp32")
+                  probability_dtype="fp32", backend="torch")
     assert res.labels.shape == (12, 30, 9) and res.probabilities.shape == (4, 12, 30, 9)
     assert res.facts["padded_shape"] == [16, 30, 16]
     np.testing.assert_allclose(res.probabilities, softmax(dense_reference(net, vol, patch)), atol=1e-5)
@@ -109,7 +110,8 @@ def mirror_symmetric_net() -> nn.Module:
 
 def test_tta_on_a_mirror_equivariant_model_changes_nothing():
     net, vol, patch = mirror_symmetric_net(), volume((24, 24, 24)), (16, 16, 16)
-    kw = dict(num_classes=4, precision="fp32", output="probabilities", progress=False, probability_dtype="fp32")
+    kw = dict(num_classes=4, precision="fp32", output="probabilities", progress=False, probability_dtype="fp32",
+              backend="torch")
     plain = predict(net, vol, patch, **kw)
     tta = predict(net, vol, patch, tta_axes=(0, 1, 2), **kw)
     assert tta.facts["tta_passes"] == 8 and tta.facts["forward_passes"] == 8 * plain.facts["tiles"]
@@ -121,7 +123,7 @@ def test_tta_matches_dense_reference_with_mirroring():
     flips = [(), (0,), (2,), (0, 2)]
     ref = dense_reference(net, vol, patch, flips=flips)
     res = predict(net, vol, patch, num_classes=4, precision="fp32", tta_axes=(2, 0), output="probabilities",
-                  progress=False, probability_dtype="fp32")
+                  progress=False, probability_dtype="fp32", backend="torch")
     np.testing.assert_allclose(res.probabilities, softmax(ref), atol=1e-5)
 
 
@@ -145,7 +147,7 @@ def test_bf16_policy_mostly_agrees_with_fp32():
 
 def test_many_classes_use_int16_labels_and_a_slab_buffer():
     net, vol, patch = tiny_net(k=300), volume((16, 16, 40)), (16, 16, 16)
-    res = predict(net, vol, patch, num_classes=300, precision="fp32", progress=False)
+    res = predict(net, vol, patch, num_classes=300, precision="fp32", progress=False, accumulation="fp32")
     assert res.labels.dtype == np.int16 and res.labels.shape == (16, 16, 40)
     assert res.facts["stitching_buffer_bytes"] == 300 * 16 * 16 * 16 * 4 + 16 * 16 * 16 * 4
     assert res.facts["dense_buffer_bytes"] == 300 * 16 * 16 * 40 * 4

@@ -45,7 +45,8 @@ class _SegmentParams(StageParams):
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     tta: bool | list[int] = False  # True: the bundle's mirror axes; a list: those axes
     batch_size: int | None = Field(None, ge=1)
-    accumulation: Literal["fp32", "fp16"] = "fp32"
+    accumulation: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 for >= 32 classes (labels only)
+    backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPU in fp32 when installed
     memory_budget_gb: float | None = Field(None, gt=0)
 
 
@@ -80,7 +81,8 @@ class Segment(Stage):
         result = predict(model, image.array, pre.patch_size, num_classes=cfg.num_classes, overlap=p.overlap,
                          tta_axes=tta_axes, precision=p.precision, batch_size=p.batch_size,
                          output="both" if self._with_probabilities else "labels", device=ctx.device,
-                         progress=ctx.track, memory_budget_gb=p.memory_budget_gb, accumulation=p.accumulation)
+                         progress=ctx.track, memory_budget_gb=p.memory_budget_gb, accumulation=p.accumulation,
+                         backend=p.backend)
         labels = image.with_array(result.labels[None], is_label=True)
         labels.meta.extra["labels"] = {int(k): v.name for k, v in cfg.labels.items()}
         labels.meta.extra["colors"] = {int(k): list(v.color) for k, v in cfg.labels.items()}
