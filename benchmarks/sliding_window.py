@@ -1,15 +1,16 @@
 """Sliding-window inference: medpipe ``predict`` vs MONAI ``sliding_window_inference``.
 
 One process, same STU-Net-S, same fitted weights, same 160^3 input, same patch, overlap
-0.5, Gaussian blending:
+0.5, Gaussian blending, interleaved rounds (best wall time of each):
 
   (a) MONAI fp32, called as users call it (mode="gaussian", overlap=0.5, sw_batch_size=1)
   (b) MONAI with bf16 autocast + channels-last
-  (c) medpipe ``predict`` (precision="auto")
+  (c) medpipe ``predict`` defaults (backend auto -> OpenVINO fp32 on this CPU; warm IR cache,
+      the one-time conversion is timed separately)
+  (d) medpipe ``predict(backend="torch")`` (fp32, rewritten network)
 
-plus the measurements the precision policy is built on (conv peak per dtype/layout,
-per-patch network time per policy, batch size, torch.compile), and peak memory of
-a 105-class model on a 256^3 volume, each variant in its own subprocess.
+plus per-patch network time per backend and peak memory of a many-class STU-Net-XS, each
+variant in its own subprocess (VmHWM).
 
 Usage:
     .venv/bin/python benchmarks/sliding_window.py            # full run (~15 min on 2 cores)
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._results import markdown_table, record  # noqa: E402
 from medpipe.inference import predict  # noqa: E402
+from medpipe.inference.openvino_backend import load_openvino_network  # noqa: E402
 from medpipe.inference.optimize import optimize_for_inference  # noqa: E402
 from medpipe.inference.precision import cpu_flags  # noqa: E402
 from medpipe.models import create_model  # noqa: E402
@@ -60,88 +62,21 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-# --------------------------------------------------------------------------- conv peak
-def conv_peak(quick: bool) -> list[dict]:
-    """A big 3x3x3 conv (128 -> 128 channels) in each dtype/layout: the machine's practical peak."""
-    c, s = 128, (24 if quick else 32)
-    flops = 2 * 27 * c * c * s**3
-    rows = []
-    conv = nn.Conv3d(c, c, 3, padding=1).eval()
-    x = torch.randn(1, c, s, s, s)
-    with torch.inference_mode():
-        for cl in (False, True):
-            m = copy.deepcopy(conv).to(memory_format=torch.channels_last_3d) if cl else conv
-            xx = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
-            for bf16 in (False, True):
-                with autocast(bf16):
-                    wall, cpu = timed(lambda m=m, xx=xx: m(xx), reps=5)
-                rows.append({"layout": "channels-last" if cl else "contiguous", "dtype": "bf16" if bf16 else "fp32",
-                             "tflops_wall": flops / wall / 1e12, "tflops_cpu": flops / (cpu / THREADS) / 1e12})
-    return rows
-
-
-# --------------------------------------------------------------------------- FLOP count
-def conv_flops(model: nn.Module, patch: tuple[int, int, int], in_ch: int = 1) -> int:
-    """Multiply-add FLOPs (x2) of every Conv3d for one patch (hooks on a throwaway forward)."""
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        k = int(np.prod(m.kernel_size))
-        total += 2 * (m.in_channels // m.groups) * k * out.shape[1] * int(np.prod(out.shape[2:])) * out.shape[0]
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv3d)]
-    with torch.inference_mode():
-        model(torch.zeros(1, in_ch, *patch))
-    for h in hs:
-        h.remove()
-    return total
-
-
-# --------------------------------------------------------------------------- per-patch policy table
-def patch_policies(net: nn.Module, patch, quick: bool) -> list[dict]:
+def patch_backends(net: nn.Module, patch, reps: int) -> list[dict]:
+    """One patch through each backend: eager fp32, rewritten fp32, OpenVINO fp32 (warm cache)."""
     x = torch.randn(1, 1, *patch)
+    ov = load_openvino_network(net, (1, 1, *patch))
+    rewritten = optimize_for_inference(net)
     rows = []
     with torch.inference_mode():
         ref = net(x)
-        for opt in (False, True):
-            for cl in (False, True):
-                for bf16 in (False, True):
-                    m = copy.deepcopy(net)
-                    m = optimize_for_inference(m) if opt else m
-                    xx = x
-                    if cl:
-                        m = m.to(memory_format=torch.channels_last_3d)
-                        xx = x.contiguous(memory_format=torch.channels_last_3d)
-                    with autocast(bf16):
-                        y = m(xx).float()
-                        wall, cpu = timed(lambda m=m, xx=xx: m(xx), reps=1 if quick else 2)
-                    rows.append({"rewrite": opt, "channels_last": cl, "bf16": bf16, "wall": wall, "cpu": cpu,
-                                 "max_abs_err": float((y - ref).abs().max())})
-        for bs in (1, 2):
-            m = optimize_for_inference(copy.deepcopy(net))
-            xb = torch.randn(bs, 1, *patch)
-            wall, cpu = timed(lambda m=m, xb=xb: m(xb), reps=1 if quick else 2)
-            rows.append({"batch": bs, "wall_per_patch": wall / bs, "cpu_per_patch": cpu / bs})
+        for name, fn in [("torch eager fp32", net), ("torch rewritten fp32 (backend=torch)", rewritten),
+                         ("OpenVINO fp32 (backend=auto)", ov)]:
+            y = fn(x)
+            wall, cpu = timed(lambda fn=fn: fn(x), reps=reps)
+            rows.append({"name": name, "wall": wall, "cpu": cpu, "max_abs_err": float((y - ref).abs().max()),
+                         "agree": float((y.argmax(1) == ref.argmax(1)).float().mean())})
     return rows
-
-
-def compile_check(quick: bool) -> dict:
-    """torch.compile of the IN+LeakyReLU reference on CPU: compile time and steady-state gain."""
-    from medpipe.kernels import instance_norm_leaky_relu_reference
-
-    x = torch.randn(1, 32, 48, 48, 48) if not quick else torch.randn(1, 16, 32, 32, 32)
-    w, b = torch.randn(x.shape[1]), torch.randn(x.shape[1])
-    eager_wall, eager_cpu = timed(lambda: instance_norm_leaky_relu_reference(x, w, b), reps=5)
-    t = time.perf_counter()
-    fn = torch.compile(instance_norm_leaky_relu_reference, dynamic=False)
-    with torch.inference_mode():
-        fn(x, w, b)
-    compile_s = time.perf_counter() - t
-    with torch.inference_mode():
-        comp_wall, comp_cpu = timed(lambda: fn(x, w, b), reps=5)
-    return {"shape": list(x.shape), "eager_ms": eager_cpu * 1e3, "compiled_ms": comp_cpu * 1e3,
-            "compile_s": compile_s}
 
 
 # --------------------------------------------------------------------------- confident weights
@@ -183,42 +118,46 @@ def _vm_hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def memory_net(classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("stunet_xs", in_channels=1, num_classes=classes).eval()
+
+
 def memory_child(variant: str, size: int, patch: int, classes: int) -> None:
     """Run one variant on a ``size``^3 volume with a ``classes``-class STU-Net-XS; print peak RSS."""
     import psutil
 
     torch.set_num_threads(THREADS)
-    torch.manual_seed(0)
-    net = create_model("stunet_xs", in_channels=1, num_classes=classes).eval()
+    net = memory_net(classes)
     x = torch.randn(1, 1, size, size, size)
     base = psutil.Process().memory_info().rss
     t = time.perf_counter()
+    facts: dict = {}
     with torch.inference_mode():
-        if variant.startswith("monai"):
+        if variant == "monai_fp32":
             from monai.inferers import sliding_window_inference
 
-            bf16 = variant == "monai_bf16"
-            m = net.to(memory_format=torch.channels_last_3d) if bf16 else net
-
-            def predictor(p):
-                return m(p.contiguous(memory_format=torch.channels_last_3d) if bf16 else p)
-
-            with autocast(bf16):
-                out = sliding_window_inference(x, (patch,) * 3, 1, predictor, overlap=0.5, mode="gaussian")
+            out = sliding_window_inference(x, (patch,) * 3, 1, net, overlap=0.5, mode="gaussian")
             labels = out[0].argmax(0).to(torch.uint8).numpy()
         else:
-            acc = "fp16" if variant == "medpipe_fp16acc" else "fp32"
-            res = predict(net, x[0], (patch,) * 3, num_classes=classes, progress=False, accumulation=acc)
+            res = predict(net, x[0], (patch,) * 3, num_classes=classes, progress=False,
+                          backend="torch" if variant == "medpipe_torch" else "auto")
             labels = res.labels
+            facts = {k: res.facts[k] for k in ("backend", "accumulation", "peak_memory_bound_bytes")}
+            facts["cache"] = res.facts.get("openvino", {}).get("cache")
     seconds = time.perf_counter() - t
-    peak = _vm_hwm()
-    print(json.dumps({"variant": variant, "peak_rss": peak, "baseline_rss": base, "seconds": seconds,
-                      "labels_shape": list(labels.shape)}))
+    print(json.dumps({"variant": variant, "peak_rss": _vm_hwm(), "baseline_rss": base, "seconds": seconds,
+                      "labels_shape": list(labels.shape), **facts}))
 
 
 def run_memory(size: int, patch: int, classes: int) -> list[dict]:
+    # Convert the OpenVINO IR here first (same seed = same weights = same cache key), so the
+    # child measures a warm-cache run, not the one-time conversion.
+    t = time.perf_counter()
+    load_openvino_network(memory_net(classes), (1, 1, patch, patch, patch))
+    print(f"memory model IR ready in {time.perf_counter() - t:.0f}s", flush=True)
     rows = []
-    for variant in ("monai_fp32", "monai_bf16", "medpipe", "medpipe_fp16acc"):
+    for variant in ("monai_fp32", "medpipe_auto", "medpipe_torch"):
         proc = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--mem-size", str(size),
                                "--patch", str(patch), "--classes", str(classes)],
                               capture_output=True, text=True)
@@ -237,7 +176,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--fit-iters", type=int, default=30)
-    ap.add_argument("--mem-size", type=int, default=256)
+    ap.add_argument("--mem-size", type=int, default=192)
     ap.add_argument("--classes", type=int, default=105)
     ap.add_argument("--memory-child", default=None)
     ap.add_argument("--skip-memory", action="store_true")
@@ -247,20 +186,14 @@ def main() -> None:
         memory_child(args.memory_child, args.mem_size, args.patch, args.classes)
         return
     if args.quick:
-        args.size, args.patch, args.fit_iters, args.mem_size = 96, 64, 3, 96
+        args.size, args.patch, args.fit_iters, args.mem_size, args.classes = 96, 64, 3, 96, 40
 
     torch.set_num_threads(THREADS)
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     patch = (args.patch,) * 3
     print(f"threads={THREADS} load={load_before} flags: amx={'amx_bf16' in cpu_flags()} "
-          f"avx512_bf16={'avx512_bf16' in cpu_flags()} capability={torch.backends.cpu.get_cpu_capability()}",
-          flush=True)
-
-    peak_rows = conv_peak(args.quick)
-    print("conv peak", peak_rows, flush=True)
-    comp = compile_check(args.quick)
-    print("compile", comp, flush=True)
+          f"avx512_bf16={'avx512_bf16' in cpu_flags()}", flush=True)
 
     from medpipe.data.phantoms import ct_phantom
 
@@ -272,15 +205,19 @@ def main() -> None:
     fit_s = time.perf_counter() - t
     print(f"fitted STU-Net-S ({k} classes) in {fit_s:.0f}s, loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
 
-    policy_rows = patch_policies(net, patch, args.quick)
-    for r in policy_rows:
-        print("policy", r, flush=True)
+    # the one-time OpenVINO conversion (cold cache) vs loading it again (warm cache, new process state)
+    from medpipe.inference import openvino_backend as ovb
 
-    flops_patch = conv_flops(net, patch)
-    batch = min((r for r in policy_rows if "batch" in r), key=lambda r: r["wall_per_patch"])["batch"]
+    cold = load_openvino_network(net, (1, 1, *patch)).facts
+    ovb._COMPILED.clear()
+    warm = load_openvino_network(net, (1, 1, *patch)).facts
+    print("openvino cold", cold, "\nopenvino warm", warm, flush=True)
+
+    patch_rows = patch_backends(net, patch, reps=1 if args.quick else 2)
+    for r in patch_rows:
+        print("patch", r, flush=True)
     x = torch.from_numpy(vol)[None, None]
 
-    # (a) MONAI fp32 as users call it
     from monai.inferers import sliding_window_inference
 
     def monai_run(bf16: bool):
@@ -297,10 +234,11 @@ def main() -> None:
     variants = [
         ("monai_fp32", lambda: monai_run(False)),
         ("monai_bf16_cl", lambda: monai_run(True)),
-        ("medpipe", lambda: predict(copy.deepcopy(net), vol[None], patch, num_classes=k, overlap=0.5,
-                                    precision="auto", batch_size=batch, progress=False)),
+        ("medpipe_auto", lambda: predict(net, vol[None], patch, num_classes=k, overlap=0.5, progress=False)),
+        ("medpipe_torch", lambda: predict(net, vol[None], patch, num_classes=k, overlap=0.5, progress=False,
+                                          backend="torch")),
     ]
-    # Interleaved rounds (a, b, c, a, b, c): on a shared machine a variant can lose a core to
+    # Interleaved rounds (a, b, c, d, a, ...): on a shared machine a variant can lose a core to
     # someone else's job for a whole run; the best round of each is the comparable figure.
     results: dict[str, dict] = {}
     for rnd in range(1 if args.quick else args.rounds):
@@ -317,120 +255,92 @@ def main() -> None:
             results[name]["rounds"] = rounds
             del out
 
-    ref_logits = results["monai_fp32"]["out"][0] if results["monai_fp32"]["out"].dim() == 5 else \
-        results["monai_fp32"]["out"]
+    ref_logits = results["monai_fp32"]["out"]
     ref = ref_logits.argmax(0).numpy()
+    labels = {"monai_fp32": ref, "monai_bf16_cl": results["monai_bf16_cl"]["out"].argmax(0).numpy(),
+              "medpipe_auto": results["medpipe_auto"]["out"].labels,
+              "medpipe_torch": results["medpipe_torch"]["out"].labels}
+    agree = {n: float((lab_ == ref).mean()) for n, lab_ in labels.items()}
+    agree_c_d = float((labels["medpipe_auto"] == labels["medpipe_torch"]).mean())
     decided = margin_stats(ref_logits)
-    b_lab = results["monai_bf16_cl"]["out"].argmax(0).numpy()
-    c_res = results["medpipe"]["out"]
-    tiles = c_res.facts["tiles"]
-    agree_b = float((b_lab == ref).mean())
-    agree_c = float((c_res.labels == ref).mean())
     fit_acc = float((ref == lab).mean())
-    total_flops = flops_patch * tiles
+    facts = results["medpipe_auto"]["out"].facts
 
     mem_rows = [] if args.skip_memory else run_memory(args.mem_size, args.patch, args.classes)
     load_after = os.getloadavg()
     print(f"total benchmark time {time.perf_counter() - t_start:.0f}s", flush=True)
-
+    for n, r in results.items():
+        print(n, f"best {r['wall']:.1f}s", f"vs (a) {results['monai_fp32']['wall'] / r['wall']:.2f}x",
+              f"agree {agree[n]:.4f}", flush=True)
     if args.quick:
         return
-    write_results(args, peak_rows, comp, policy_rows, results, agree_b, agree_c, decided, fit_acc, fit_s, losses,
-                  k, tiles, flops_patch, total_flops, mem_rows, load_before, load_after, c_res.facts)
+    write_results(args, results, agree, agree_c_d, decided, fit_acc, fit_s, losses, k, facts, cold, warm,
+                  patch_rows, mem_rows, load_before, load_after)
 
 
-def write_results(args, peak_rows, comp, policy_rows, results, agree_b, agree_c, decided, fit_acc, fit_s, losses,
-                  k, tiles, flops_patch, total_flops, mem_rows, load_before, load_after, facts) -> None:
-    best_bf16 = max(r["tflops_wall"] for r in peak_rows if r["dtype"] == "bf16")
-    best_any = max(r["tflops_wall"] for r in peak_rows)
-    a = results["monai_fp32"]
+def write_results(args, results, agree, agree_c_d, decided, fit_acc, fit_s, losses, k, facts, cold, warm,
+                  patch_rows, mem_rows, load_before, load_after) -> None:
+    a, b = results["monai_fp32"], results["monai_bf16_cl"]
     rows = []
-    best_bs = min((r for r in policy_rows if "batch" in r), key=lambda r: r["wall_per_patch"])["batch"]
-    for name, label, agree in [("monai_fp32", "(a) MONAI fp32, mode=gaussian, sw_batch_size=1", 1.0),
-                               ("monai_bf16_cl", "(b) MONAI + bf16 autocast + channels-last", agree_b),
-                               ("medpipe", f"(c) medpipe predict (auto -> {facts['precision']})", agree_c)]:
+    for name, label in [("monai_fp32", "(a) MONAI fp32, mode=gaussian, sw_batch_size=1"),
+                        ("monai_bf16_cl", "(b) MONAI + bf16 autocast + channels-last"),
+                        ("medpipe_auto", f"(c) medpipe predict defaults (backend {facts['backend']}, fp32)"),
+                        ("medpipe_torch", "(d) medpipe predict backend=torch (fp32, rewritten net)")]:
         r = results[name]
         rows.append([label, f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{a['wall'] / r['wall']:.2f}x",
-                     f"{a['cpu'] / r['cpu']:.2f}x",
-                     f"{results['monai_bf16_cl']['wall'] / r['wall']:.2f}x", f"{agree:.4f}",
-                     f"{total_flops / r['wall'] / 1e12:.3f}", f"{r['load']:.1f}",
+                     f"{b['wall'] / r['wall']:.2f}x", f"{agree[name]:.4f}", f"{r['load']:.1f}",
                      " / ".join(str(w) for w in r["rounds"])])
-    main_table = markdown_table(["variant", "best wall s", "CPU s (that round)", "speed-up vs (a), wall",
-                                 "vs (a), CPU", "vs (b), wall", "argmax agreement with (a)",
-                                 "achieved TFLOP/s (wall)", "load avg after", "wall s per round"], rows)
-    peak_table = markdown_table(["layout", "dtype", "TFLOP/s (wall)", "TFLOP/s (CPU time / 2 threads)"],
-                                [[r["layout"], r["dtype"], f"{r['tflops_wall']:.3f}", f"{r['tflops_cpu']:.3f}"]
-                                 for r in peak_rows])
-    pol = [r for r in policy_rows if "rewrite" in r]
-    base_cpu = next(r["cpu"] for r in pol if not r["rewrite"] and not r["channels_last"] and not r["bf16"])
-    pol_table = markdown_table(
-        ["1x1 GEMM + fused IN rewrite", "channels-last", "bf16 autocast", "wall s", "CPU s", "CPU vs eager fp32",
-         "max |logit err| vs fp32"],
-        [["yes" if r["rewrite"] else "no", "yes" if r["channels_last"] else "no", "yes" if r["bf16"] else "no",
-          f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{base_cpu / r['cpu']:.2f}x", f"{r['max_abs_err']:.1e}"]
-         for r in pol])
-    bs = [r for r in policy_rows if "batch" in r]
-    bs_line = ", ".join(f"batch {r['batch']}: {r['wall_per_patch']:.2f} s wall / {r['cpu_per_patch']:.2f} s CPU "
-                        "per patch" for r in bs)
+    main_table = markdown_table(["variant", "best wall s", "CPU s (that round)", "speed-up vs (a)", "vs (b)",
+                                 "argmax agreement with (a)", "load avg after", "wall s per round"], rows)
+    patch_table = markdown_table(["network", "wall s", "CPU s", "max abs logit diff vs eager", "argmax agreement"],
+                                 [[r["name"], f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{r['max_abs_err']:.1e}",
+                                   f"{r['agree']:.5f}"] for r in patch_rows])
     mem_table = ""
     if mem_rows:
         monai = next((r for r in mem_rows if r.get("variant") == "monai_fp32" and "peak_rss" in r), None)
         mrows = []
         for r in mem_rows:
             if "error" in r:
-                mrows.append([r["variant"], "failed: " + r["error"], "", "", ""])
+                mrows.append([r["variant"], "failed: " + r["error"], "", "", "", "", ""])
                 continue
             ratio = f"{r['peak_rss'] / monai['peak_rss']:.0%}" if monai else "n/a"
             inc = (f"{(r['peak_rss'] - r['baseline_rss']) / (monai['peak_rss'] - monai['baseline_rss']):.0%}"
                    if monai else "n/a")
-            mrows.append([r["variant"], f"{r['peak_rss'] / 2**30:.2f}", f"{(r['peak_rss'] - r['baseline_rss']) / 2**30:.2f}",
-                          ratio, inc, f"{r['seconds']:.0f}"])
-        mem_table = markdown_table(["variant", "peak RSS GiB", "peak minus baseline GiB", "vs MONAI fp32 (peak)",
-                                    "vs MONAI fp32 (increment)", "seconds"], mrows)
+            how = f"{r.get('backend', 'torch')}, {r.get('accumulation', 'fp32 dense')} accumulation"
+            mrows.append([r["variant"], how, f"{r['peak_rss'] / 2**30:.2f}",
+                          f"{(r['peak_rss'] - r['baseline_rss']) / 2**30:.2f}", ratio, inc, f"{r['seconds']:.0f}"])
+        mem_table = markdown_table(["variant", "how", "peak RSS GiB", "peak minus baseline GiB",
+                                    "vs MONAI fp32 (peak)", "vs MONAI fp32 (increment)", "seconds"], mrows)
     body = f"""
-Network: **STU-Net-S** (medpipe.models `stunet_s`, 1 input channel, {k} classes), weights fitted for
-{len(losses)} Adam steps (lr 1e-3, 64^3 crops, {fit_s:.0f} s) on a {args.size}^3 CT phantom so predictions are
-decided (cross-entropy {losses[0]:.2f} -> {losses[-1]:.2f}; fp32 argmax matches the phantom labels on
-{fit_acc:.1%} of voxels; top-2 logit gap > 0.5 on {decided:.1%} of voxels). Random weights would make
-argmax agreement meaningless (near-tied logits flip under any rounding); scaling the last layer would not
-help (the rounding error scales with it). Input {args.size}^3, patch {args.patch}^3, overlap 0.5, Gaussian
-blending (sigma = patch/8), {tiles} tiles, no TTA. {THREADS} torch threads. Conv FLOPs per patch
-{flops_patch / 1e9:.1f} GFLOP (hooks on every Conv3d), {total_flops / 1e12:.2f} TFLOP per volume.
+Network: **STU-Net-S** (`stunet_s`, 1 input channel, {k} classes), weights fitted for {len(losses)} Adam
+steps (64^3 crops, {fit_s:.0f} s) on a {args.size}^3 CT phantom so predictions are decided (cross-entropy
+{losses[0]:.2f} -> {losses[-1]:.2f}; top-2 logit gap > 0.5 on {decided:.1%} of voxels; MONAI fp32 argmax
+matches the phantom labels on {fit_acc:.1%}). Input {args.size}^3, patch {args.patch}^3, overlap 0.5, Gaussian
+blending, {facts['tiles']} tiles (medpipe), no TTA, {THREADS} threads.
 
-The machine is shared with other engineers: load average {load_before[0]:.1f} at the start and
-{load_after[0]:.1f} at the end on 2 cores. A variant can lose one of the two cores to another job for
-a whole run (then its CPU time is close to its wall time instead of twice it, and idle OpenMP threads
-spin, inflating CPU time too), so the three variants run in {args.rounds} interleaved rounds and the
-best wall time of each is compared; all rounds are listed.
+Shared machine: load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end on 2 cores
+(another engineer's test suite ran at the same time). The variants ran in {args.rounds} interleaved rounds;
+the best wall time of each is compared and every round is listed.
 
 {main_table}
 
-medpipe facts: precision `{facts['precision']}` ({facts['precision_reason']}), channels-last
-{facts['channels_last']}, batch size {facts['batch_size']}, streamed stitching with slab depth
-{facts['slab_depth']}, engine memory bound {facts['peak_memory_bound_bytes'] / 2**20:.0f} MiB (dense buffer
-would be {facts['dense_buffer_bytes'] / 2**20:.0f} MiB).
+(c) and (d) use the same tiles and agree with each other on {agree_c_d:.4%} of voxels (OpenVINO vs PyTorch
+fp32). Their agreement with MONAI is lower because MONAI places tiles at a fixed interval (0, 48, 64 on a 160
+axis) while nnU-Net and medpipe spread them evenly (0, 32, 64); with InstanceNorm a voxel's logits depend on
+the patch around it, so border voxels of low-margin regions flip.
 
-**Convolution peak** (3x3x3 conv, 128 -> 128 channels; best of 5). bf16 peak {best_bf16:.3f} TFLOP/s,
-best of all {best_any:.3f} TFLOP/s. No AMX is exposed to this VM (no `amx_*` flags), so oneDNN runs bf16
-through AVX512-BF16 (`brg_conv_fwd:avx512_core_bf16`):
+**OpenVINO conversion** (once per weights/patch/batch, cached on disk): cold {cold.get('convert_seconds', 0):.1f} s
+convert + {cold['compile_seconds']:.1f} s compile; warm (IR read from the cache) {warm.get('read_seconds', 0):.2f} s
+read + {warm['compile_seconds']:.1f} s compile + {warm['hash_seconds']:.2f} s weight hash. (c) above is warm.
 
-{peak_table}
+**One {args.patch}^3 patch per backend** (best of 2):
 
-**Per-patch network time by policy** ({args.patch}^3, one patch, STU-Net-S; this table is what the `auto`
-precision policy and the inference rewrite are based on):
+{patch_table}
 
-{pol_table}
-
-Batch size (rewritten fp32 network): {bs_line}; medpipe (c) ran with batch size {best_bs}, the faster one.
-
-**torch.compile on CPU** for the IN+LeakyReLU op at {comp['shape']}: eager {comp['eager_ms']:.1f} ms CPU,
-compiled {comp['compiled_ms']:.1f} ms CPU, compile {comp['compile_s']:.0f} s. Whole STU-Net-S at 64^3
-(measured separately while building this): compiled forward 0.45 s vs eager 0.92 s, but 120 s to compile on
-this loaded 2-core machine, more than a whole 160^3 volume takes eagerly, so the CPU dispatch does not compile.
-
-**Peak memory, {args.classes}-class STU-Net-XS on a {args.mem_size}^3 volume** (patch {args.patch}^3, overlap 0.5;
-XS keeps the runs short — the network's activations are small, so the difference is the stitching; each variant
-in its own subprocess, peak = `VmHWM` of the child (not `ru_maxrss`, which survives fork+exec), baseline = RSS after building the model and input):
+**Peak memory, {args.classes}-class STU-Net-XS on a {args.mem_size}^3 volume** (patch {args.patch}^3, overlap
+0.5; each variant in its own subprocess, peak = `VmHWM` of the child, baseline = RSS after building the model
+and input; medpipe runs its defaults, i.e. fp16 running-mean accumulation for >= 32 classes; the OpenVINO IR was
+converted beforehand in the parent):
 
 {mem_table}
 """
