@@ -311,7 +311,20 @@ def write_results(args, results, agree, agree_c_d, decided, fit_acc, fit_s, loss
                           f"{(r['peak_rss'] - r['baseline_rss']) / 2**30:.2f}", ratio, inc, f"{r['seconds']:.0f}"])
         mem_table = markdown_table(["variant", "how", "peak RSS GiB", "peak minus baseline GiB",
                                     "vs MONAI fp32 (peak)", "vs MONAI fp32 (increment)", "seconds"], mrows)
+    c = results["medpipe_auto"]
+    monai_mem = next((r for r in mem_rows if r.get("variant") == "monai_fp32" and "peak_rss" in r), None)
+    auto_mem = next((r for r in mem_rows if r.get("variant") == "medpipe_auto" and "peak_rss" in r), None)
+    mem_ratio = auto_mem["peak_rss"] / monai_mem["peak_rss"] if monai_mem and auto_mem else float("nan")
+    goals = markdown_table(["goal", "measured", "met"], [
+        ["(c) >= 4x faster than (a)", f"{a['wall'] / c['wall']:.2f}x", "yes" if a["wall"] / c["wall"] >= 4 else "no"],
+        ["(c) faster than (b)", f"{b['wall'] / c['wall']:.2f}x", "yes" if c["wall"] < b["wall"] else "no"],
+        ["argmax agreement (c) vs (a) >= 0.995", f"{agree['medpipe_auto']:.4f}",
+         "yes" if agree["medpipe_auto"] >= 0.995 else "no (tile placement, see below)"],
+        [f"peak memory (c) < 30% of (a), {args.classes} classes {args.mem_size}^3", f"{mem_ratio:.0%}",
+         "yes" if mem_ratio < 0.30 else "no"]])
     body = f"""
+{goals}
+
 Network: **STU-Net-S** (`stunet_s`, 1 input channel, {k} classes), weights fitted for {len(losses)} Adam
 steps (64^3 crops, {fit_s:.0f} s) on a {args.size}^3 CT phantom so predictions are decided (cross-entropy
 {losses[0]:.2f} -> {losses[-1]:.2f}; top-2 logit gap > 0.5 on {decided:.1%} of voxels; MONAI fp32 argmax
