@@ -98,8 +98,13 @@ def _read_cached(core, folder: Path):
 
 @dataclass
 class OpenVINONetwork:
-    """A compiled OpenVINO model for one fixed input shape; call it like the torch module."""
+    """A compiled OpenVINO model for one fixed input shape; call it like the torch module.
 
+    The returned tensor is a view of OpenVINO's output buffer, valid until the next call
+    (no copy of a ``classes x patch`` block per tile); ``reuses_output`` tells callers
+    that keep an output across calls to copy it."""
+
+    reuses_output = True
     compiled: Any
     input_shape: tuple[int, ...]
     facts: dict[str, Any] = field(default_factory=dict)
@@ -114,7 +119,7 @@ class OpenVINONetwork:
             pad = np.zeros((self.input_shape[0] - n, *arr.shape[1:]), np.float32)
             arr = np.concatenate([arr, pad])
         out = self._request.infer({0: np.ascontiguousarray(arr)})[0]
-        return torch.from_numpy(np.array(out[:n], copy=True))
+        return torch.from_numpy(out[:n])
 
 
 def load_openvino_network(model: torch.nn.Module, input_shape: Sequence[int], *,

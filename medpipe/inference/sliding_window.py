@@ -145,7 +145,10 @@ def _forward(model: Callable[[torch.Tensor], Any], x: torch.Tensor, plan: Precis
         y = y.float()
         if dims:
             y = torch.flip(y, dims)
-        total = y if total is None else total.add_(y)
+        if total is None:  # a backend that reuses its output buffer would overwrite it next pass
+            total = y.clone() if len(flips) > 1 and getattr(model, "reuses_output", False) else y
+        else:
+            total.add_(y)
     assert total is not None
     if len(flips) > 1:
         total /= len(flips)

@@ -98,6 +98,16 @@ def test_batches_with_a_short_last_batch_match_single_patches():
     np.testing.assert_allclose(two.probabilities, one.probabilities, atol=1e-5)
 
 
+def test_tta_through_openvino_matches_torch():
+    net, vol, patch = tiny_net(seed=3), volume((20, 20, 28)), (16, 16, 16)
+    kw = dict(num_classes=4, precision="fp32", tta_axes=(0, 2), output="probabilities", progress=False,
+              probability_dtype="fp32")
+    ov = predict(net, vol, patch, backend="openvino", **kw)
+    ref = predict(net, vol, patch, backend="torch", **kw)
+    assert ov.facts["tta_passes"] == 4
+    np.testing.assert_allclose(ov.probabilities, ref.probabilities, atol=1e-4)
+
+
 def test_backend_policy():
     cpu32 = resolve_precision("fp32", "cpu")
     assert resolve_backend("auto", cpu32)[0] == "openvino"
