@@ -86,7 +86,10 @@ def _convert(model: torch.nn.Module, example: torch.Tensor):
     ov = _import_openvino()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: fine,
-        return ov.convert_model(model, example_input=example), "trace"  # the input shape is fixed
+        # the input shape is fixed; OpenVINO's frontend still uses torch.jit.trace, which torch now
+        # flags as deprecated on every call - noise for a user watching a pipeline run
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.trace")
+        return ov.convert_model(model, example_input=example), "trace"
 
 
 def _read_cached(core, folder: Path):
