@@ -169,6 +169,24 @@ def run_memory(size: int, patch: int, classes: int) -> list[dict]:
     return rows
 
 
+def record_memory_only(rows: list[dict], args: argparse.Namespace) -> None:
+    """Record the peak-memory comparison alone (the full run measures it at a smaller size)."""
+    monai = next((r for r in rows if r["variant"] == "monai_fp32" and "peak_rss" in r), None)
+    table = []
+    for r in rows:
+        if "peak_rss" not in r:
+            table.append([r["variant"], "failed: " + r.get("error", "?"), "", "", "", ""])
+            continue
+        ratio = f"{r['peak_rss'] / monai['peak_rss']:.0%}" if monai else "n/a"
+        table.append([r["variant"], r.get("backend", "torch (MONAI)"), r.get("accumulation", "fp32 dense"),
+                      f"{r['peak_rss'] / 2**30:.2f}", ratio, f"{r['seconds']:.0f}"])
+    body = (f"{args.classes}-class STU-Net-XS on a {args.mem_size}^3 volume, patch {args.patch}^3, overlap 0.5, "
+            "Gaussian; each variant in its own subprocess, peak = `VmHWM`; medpipe with its defaults "
+            "(fp16 running-mean accumulation for >= 32 classes, labels output).\n\n"
+            + markdown_table(["variant", "backend", "accumulation", "peak RSS GiB", "vs MONAI fp32", "seconds"], table))
+    record("sliding_window_memory", f"Sliding-window peak memory at {args.mem_size}^3, {args.classes} classes", body)
+
+
 # --------------------------------------------------------------------------- main comparison
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -181,9 +199,14 @@ def main() -> None:
     ap.add_argument("--memory-child", default=None)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak-memory comparison (e.g. --mem-size 256), recorded in its own section")
     args = ap.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.mem_size, args.patch, args.classes)
+        return
+    if args.memory_only:
+        record_memory_only(run_memory(args.mem_size, args.patch, args.classes), args)
         return
     if args.quick:
         args.size, args.patch, args.fit_iters, args.mem_size, args.classes = 96, 64, 3, 96, 40

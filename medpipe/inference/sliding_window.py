@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from medpipe.errors import InputError, ResourceError
 from medpipe.inference.gaussian import gaussian_importance_map
 from medpipe.inference.optimize import optimize_for_inference
-from medpipe.inference.precision import PrecisionPlan, resolve_backend, resolve_precision
+from medpipe.inference.precision import MANY_CLASSES, PrecisionPlan, resolve_backend, resolve_precision
 from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
 from medpipe.kernels import accumulate_patch
 
@@ -50,7 +50,7 @@ _FINALISE_CHUNK = 4  # slices finalised at a time (bounds the softmax/argmax tem
 # accumulation="auto": from this many classes on, with labels-only output, the ring buffer
 # is kept in fp16 (a running weighted mean; argmax agrees with fp32, tested) — it is then
 # the largest allocation by far (105 classes, 256^3: 2.5 GiB fp32 vs 1.2 GiB fp16).
-FP16_ACCUMULATION_MIN_CLASSES = 32
+FP16_ACCUMULATION_MIN_CLASSES = MANY_CLASSES
 
 
 @dataclass
@@ -264,7 +264,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     dev = torch.device(device)
     plan = resolve_precision(precision, dev)
-    backend_name, backend_reason = resolve_backend(backend, plan)
+    backend_name, backend_reason = resolve_backend(backend, plan, num_classes if output == "labels" else 0)
     flips = mirror_combinations(tta_axes)
     if any(not 0 <= a < 3 for a in tta_axes):
         raise InputError(f"tta_axes must be spatial axes 0, 1 or 2, got {tuple(tta_axes)}")
