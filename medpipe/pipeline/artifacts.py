@@ -39,6 +39,14 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def json_default_lenient(o: Any) -> Any:
+    """For records (run.json): numpy values stay numbers, anything else unknown becomes text."""
+    try:
+        return _json_default(o)
+    except TypeError:
+        return str(o)
+
+
 def dump_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, default=_json_default, sort_keys=False) + "\n")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.io.atomic import atomic_path
+from medpipe.pipeline.artifacts import json_default_lenient
 
 __all__ = [
     "RUN_SCHEMA",
@@ -122,7 +123,7 @@ def read_run_record(run_dir: Path) -> dict[str, Any] | None:
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
     with atomic_path(Path(run_dir) / "run.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(record, indent=2, default=json_default_lenient) + "\n")
 
 
 @contextlib.contextmanager

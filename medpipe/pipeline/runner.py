@@ -32,7 +32,7 @@ from typing import Any
 
 from medpipe.errors import InputError, MedpipeError, PipelineError
 from medpipe.io.atomic import atomic_dir
-from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact
+from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact, json_default_lenient
 from medpipe.pipeline.cache import hash_files, hash_study, stage_key
 from medpipe.pipeline.graph import PipelineGraph
 from medpipe.pipeline.provenance import (
@@ -270,7 +270,7 @@ class _StudyRun:
                 key=key, kind=st.kind, params=self.spec.resolved_params(stage), files=files, hashes=hashes,
                 facts=ctx.facts, warnings=list(ctx.warnings), peak_rss_mb=mem.peak_mb,
             )
-            (tmp / RECORD).write_text(json.dumps(entry, indent=2, default=str) + "\n")
+            (tmp / RECORD).write_text(json.dumps(entry, indent=2, default=json_default_lenient) + "\n")
             if ctx.warnings:
                 self._write_log(stage, "\n".join(f"warning: {w}" for w in ctx.warnings))
 
