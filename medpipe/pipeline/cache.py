@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["hash_file", "hash_files", "hash_study", "stage_key"]
+__all__ = ["hash_file", "hash_files", "hash_study", "hash_external", "stage_key"]
 
 _CHUNK = 1 << 20
 
@@ -70,20 +70,38 @@ def hash_study(path: str | Path) -> str:
     return hash_files(files, path)
 
 
+_EXTERNAL: dict[tuple, str] = {}
+
+
+def hash_external(path: str | Path) -> str:
+    """Content hash of a file or folder outside the run (a bundle), memoised per process on
+    every file's (path, size, mtime): several stages name the same bundle, and a large one
+    should be read once per run, not once per stage."""
+    root = Path(path)
+    files = _all_files(root)
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _EXTERNAL:
+        _EXTERNAL[stamp] = hash_files(files, root if root.is_dir() else root.parent)
+    return _EXTERNAL[stamp]
+
+
 def stage_key(
     kind: str,
     params: dict[str, Any],
     input_hashes: dict[str, str],
     medpipe_version: str,
     stage_version: str | None = None,
+    external_hashes: dict[str, str] | None = None,
 ) -> str:
-    """The cache key of one stage run."""
+    """The cache key of one stage run (``external_hashes``: content hashes of files outside
+    the run it depends on, such as a model bundle)."""
     doc = {
         "kind": kind,
         "params": params,
         "inputs": input_hashes,
         "medpipe": medpipe_version,
         "stage_version": stage_version,
+        "external": external_hashes or {},
     }
     canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()

@@ -33,7 +33,7 @@ from typing import Any
 from medpipe.errors import InputError, MedpipeError, PipelineError
 from medpipe.io.atomic import atomic_dir
 from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact, json_default_lenient
-from medpipe.pipeline.cache import hash_files, hash_study, stage_key
+from medpipe.pipeline.cache import hash_external, hash_files, hash_study, stage_key
 from medpipe.pipeline.graph import PipelineGraph
 from medpipe.pipeline.provenance import (
     RUN_SCHEMA,
@@ -193,9 +193,11 @@ class _StudyRun:
         cls = self.spec.stage_class(stage)
         inputs = {port: self.hashes[ref] for port, ref in sorted(st.inputs.items())}
         version = getattr(cls, "version", None)
+        params = self.spec.resolved_params(stage)
+        external = {str(p): hash_external(p) for p in cls.external_inputs(cls.Params(**params))}
         return stage_key(
-            st.kind, self.spec.resolved_params(stage), inputs, self.versions["medpipe"] or "",
-            None if version is None else str(version),
+            st.kind, params, inputs, self.versions["medpipe"] or "",
+            None if version is None else str(version), external,
         )
 
     def completed(self, stage: str, key: str | None) -> dict[str, str] | None:

@@ -92,6 +92,19 @@ class Stage:
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError(f"stage kind {self.kind!r} does not implement run()")
 
+    @classmethod
+    def external_inputs(cls, params: StageParams) -> list[Path]:
+        """Files outside the run that the result depends on, hashed into the cache key so a
+        retrained or re-quantised bundle makes the stage run again (a ``bundle`` parameter
+        names one; stages with other external files override this)."""
+        bundle = getattr(params, "bundle", None)
+        if not bundle:
+            return []
+        from medpipe.pipeline.stages.segment import resolve_bundle_path
+
+        path = resolve_bundle_path(str(bundle))
+        return [path] if path.exists() else []  # a missing bundle fails in run() with its own message
+
 
 _REGISTRY: dict[str, type[Stage]] = {}
 

@@ -118,3 +118,33 @@ def test_relative_bundle_paths_resolve_against_the_package(tmp_path, monkeypatch
 
     pkg = __import__("pathlib").Path(medpipe.__file__).resolve().parent
     assert resolve_bundle_path("pipeline/stages") == pkg / "pipeline" / "stages"
+
+
+def test_a_changed_bundle_reruns_the_stages_that_use_it(bundle, tmp_path):
+    """The cache key holds the bundle's content, not only its path: a retrained or
+    re-quantised bundle in the same folder must not reuse the old labels."""
+    import shutil
+
+    from medpipe.io.volumes import write_volume
+    from medpipe.pipeline import run_pipeline
+
+    own = tmp_path / "bundle"
+    shutil.copytree(bundle, own)
+    study = tmp_path / "study.nii.gz"
+    write_volume(ct_image((36, 34, 30)), study)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"""
+name: bundle_cache
+description: bundle content in the cache key
+stages:
+  load: {{kind: load_study, inputs: {{study: input.study}}}}
+  normalize: {{kind: normalize, params: {{bundle: {own}}}, inputs: {{image: load.image}}}}
+  segment: {{kind: segment, params: {{bundle: {own}, precision: fp32}}, inputs: {{image: normalize.image}}}}
+""")
+    first = run_pipeline(pipeline, study, tmp_path / "out")
+    assert first.stages == {"load": "done", "normalize": "done", "segment": "done"}
+    assert run_pipeline(pipeline, study, tmp_path / "out").stages == {s: "cached" for s in first.stages}
+    cfg = (own / "model.yaml").read_text()
+    (own / "model.yaml").write_text(cfg.replace("name: tiny-ct", "name: tiny-ct\ndescription: retrained"))
+    again = run_pipeline(pipeline, study, tmp_path / "out")
+    assert again.stages == {"load": "cached", "normalize": "done", "segment": "done"}
