@@ -75,3 +75,19 @@ def test_statistics_and_preview(demo_run) -> None:
 
     with PILImage.open(files["preview"]) as im:
         assert im.size[0] > 500 and im.size[1] > 200
+
+
+def test_segment_ran_the_shipped_int8_model_where_the_cpu_has_vnni(demo_run) -> None:
+    from medpipe.inference.precision import cpu_has_int8_dot
+    from medpipe.models.bundle import load_bundle
+
+    _out, run_dir, _files = demo_run
+    record = json.loads((run_dir / "run.json").read_text())
+    facts = record["stages"]["segment"]["facts"]["segment"]
+    bundle = load_bundle(Path(__file__).resolve().parents[1] / "medpipe" / "bundles" / "ct_organs_phantom")
+    assert bundle.config.quantization is not None  # the shipped bundle carries a gated int8 model
+    if cpu_has_int8_dot():
+        assert facts["precision"] == "int8" and facts["backend"] == "openvino"
+        assert facts["int8_agreement_at_quantization"] == bundle.config.quantization.agreement >= 0.995
+    else:
+        assert facts["precision"] == "fp32"

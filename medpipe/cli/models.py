@@ -1,13 +1,15 @@
 """``medpipe models``: list registered architectures, show a bundle, import nnU-Net results.
 
 ``medpipe models`` alone lists the registry (a Typer group whose callback runs when no
-subcommand is given); ``show`` and ``import-nnunet`` are its subcommands.
+subcommand is given); ``show``, ``import-nnunet`` and ``quantize`` are its subcommands.
 
 Example:
     medpipe models --json --classes 105
     medpipe models show bundles/abdomen-ct
     medpipe models import-nnunet nnUNet_results/Dataset104/STUNetTrainer_small__nnUNetPlans__3d_fullres \
         bundles/hecktor --fold all
+    medpipe models quantize bundles/abdomen-ct bundles/abdomen-ct-int8 --calibration ct1.nii.gz \
+        --calibration ct2.nii.gz --calibration study3/
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def show(bundle: Path = typer.Argument(..., help="Bundle folder (model.yaml + we
                                                 ("std", norm.std)) if v is not None)
     console.print(f"  normalisation {norm.scheme}" + (f" ({stats})" if stats else ""))
     console.print(f"  TTA mirror    {pre.tta_axes or 'off'}, crop foreground {pre.crop_foreground}")
+    q = cfg.quantization
+    console.print("  int8 model    " + (f"{q.folder}/ (agreement with fp32 {q.agreement:.2%}, worst structure Dice "
+                                       f"{q.worst_class_dice:.3f}, "
+                                       f"{q.calibration.get('attempt', '')})" if q else "none"))
     table = Table(title="labels", title_justify="left")
     for col in ("id", "name", "colour"):
         table.add_column(col)
@@ -115,3 +121,44 @@ def import_nnunet_cmd(
     b = import_nnunet(results_dir, out_bundle, fold if fold == "all" else int(fold), name=name,
                       modality=modality, orientation=orientation, overwrite=overwrite)
     typer.echo(f"wrote bundle {b.path} ({b.config.architecture}, {b.config.num_classes} classes)")
+
+
+@models_app.command("quantize")
+def quantize_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle to quantise (left untouched)."),
+    out_bundle: Path = typer.Argument(..., help="New bundle folder: the same bundle plus its int8 model."),
+    calibration: list[Path] = typer.Option(..., "--calibration", "-c",
+                                           help="Calibration image (NIfTI/NRRD/MHA file or DICOM series folder); "
+                                                "repeat. With 2+, a third is held out for validation."),
+    min_agreement: float = typer.Option(0.995, "--min-agreement", min=0.0, max=1.0,
+                                        help="Gate: fraction of voxels whose int8 label must equal fp32's, on "
+                                             "every validation volume."),
+    min_class_dice: float = typer.Option(0.95, "--min-class-dice", min=0.0, max=1.0,
+                                         help="Gate: Dice between int8 and fp32 labels of every structure of "
+                                              ">= 1000 voxels, on every validation volume."),
+    max_patches: int = typer.Option(64, "--max-patches", min=1, help="Calibration patches (spread over the tiles)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_BUNDLE if it exists."),
+) -> None:
+    """Make an int8 OpenVINO model of a bundle (post-training quantisation) and keep it only if its
+    labels agree with fp32 on >= --min-agreement of the voxels and every structure keeps a Dice
+    >= --min-class-dice; 'auto' precision then runs it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medpipe.inference.quantize import quantize_bundle
+
+    console = Console()
+    b, report = quantize_bundle(bundle, calibration, out_bundle, min_agreement=min_agreement,
+                                min_class_dice=min_class_dice, max_patches=max_patches, overwrite=overwrite, log=console.print)
+    table = Table(title="int8 vs fp32 on the validation volumes", title_justify="left")
+    for col in ("volume", "agreement", "worst structure Dice", "fp32 s", "int8 s"):
+        table.add_column(col)
+    for row in report.attempts[-1]["volumes"]:
+        worst = min(((c, d) for c, d in row["dice_vs_fp32"].items() if c in row["gated_classes"]),
+                    key=lambda kv: kv[1], default=None)
+        table.add_row(row["volume"], f"{row['agreement']:.4%}",
+                      f"{b.config.labels[worst[0]].name} {worst[1]:.4f}" if worst else "-",
+                      f"{row['fp32_seconds']:.1f}", f"{row['int8_seconds']:.1f}")
+    console.print(table)
+    typer.echo(f"wrote bundle {b.path} with an int8 model ({report.attempt}; agreement {report.agreement:.4%}, "
+               f"worst structure Dice {report.worst_class_dice:.4f})")

@@ -16,6 +16,12 @@ Backend (``resolve_backend``): on CPU in fp32 the network runs through OpenVINO 
 installed — measured 3.5x faster than PyTorch eager fp32 per STU-Net-S patch on the
 benchmark machine, at argmax agreement 0.99995 — else through PyTorch. OpenVINO's bf16
 mode was slower and less accurate there, so reduced precision stays on PyTorch.
+
+int8: a bundle can carry an int8 OpenVINO model made by ``medpipe models quantize``
+(``inference.quantize``), which is accepted only when it agreed with the fp32 network on
+>= 99.5 % of voxels. ``auto`` runs it on CPUs with int8 dot-product units (VNNI or
+AMX-INT8): 2.7x faster than OpenVINO fp32 per STU-Net-S patch on the benchmark machine.
+int8 always runs through OpenVINO.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ import torch
 
 from medpipe.errors import InputError, ResourceError
 
-__all__ = ["PrecisionPlan", "resolve_precision", "resolve_backend", "cpu_flags", "PRECISIONS", "BACKENDS", "MANY_CLASSES"]
+__all__ = ["PrecisionPlan", "resolve_precision", "resolve_backend", "cpu_flags", "cpu_has_int8_dot", "PRECISIONS", "BACKENDS", "MANY_CLASSES"]
 
-PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+PRECISIONS = ("auto", "bf16", "fp32", "fp16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "int8": None}
 
 
 @lru_cache(maxsize=1)
@@ -56,11 +62,16 @@ def _cpu_has_avx512_bf16() -> bool:
     return "avx512_bf16" in cpu_flags()
 
 
+def cpu_has_int8_dot() -> bool:
+    """VNNI (AVX512 or AVX) or AMX-INT8: the instructions that make int8 convolutions pay."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 @dataclass(frozen=True)
 class PrecisionPlan:
     """The resolved policy, plus the reason (it goes into the run's facts)."""
 
-    name: str  # "bf16" | "fp16" | "fp32"
+    name: str  # "bf16" | "fp16" | "fp32" | "int8" (int8: a quantised OpenVINO model)
     device_type: str
     channels_last: bool
     reason: str
@@ -86,17 +97,32 @@ class PrecisionPlan:
         return x
 
 
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> PrecisionPlan:
-    """Turn ``auto|bf16|fp32|fp16`` into a concrete plan for ``device``."""
+def resolve_precision(precision: str, device: str | torch.device = "cpu", *,
+                      int8_available: bool = False) -> PrecisionPlan:
+    """Turn ``auto|bf16|fp32|fp16|int8`` into a concrete plan for ``device``.
+
+    ``int8_available``: the caller holds a validated int8 model (a quantised bundle) that
+    ``auto`` may pick; ``int8`` itself needs one (checked by the caller, who knows where
+    it would come from)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device).type
+    if precision == "int8":
+        if dev != "cpu":
+            raise InputError(f"precision 'int8' runs on the CPU through OpenVINO, not on {dev}")
+        return PrecisionPlan("int8", dev, False, "requested int8 (quantised OpenVINO model)")
     if dev == "cuda":
         if precision == "auto":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             return PrecisionPlan(name, dev, True, f"auto: CUDA device, {name} autocast + channels-last")
         return PrecisionPlan(precision, dev, precision != "fp32", f"requested {precision}")
     if precision == "auto":
+        if int8_available and cpu_has_int8_dot():
+            from medpipe.inference.openvino_backend import openvino_available
+
+            if openvino_available():
+                return PrecisionPlan("int8", dev, False, "auto: validated int8 model and a CPU with int8 dot "
+                                                         "products (VNNI/AMX), run by OpenVINO")
         if _cpu_has_amx():
             return PrecisionPlan("bf16", dev, True, "auto: CPU has AMX-BF16, bf16 autocast + channels-last")
         why = ("CPU has AVX512-BF16 but no AMX; bf16 3D convs measured slower than fp32 there"
@@ -122,9 +148,18 @@ def resolve_backend(backend: str, plan: PrecisionPlan, num_classes: int = 0) -> 
     model has fewer than ``MANY_CLASSES`` classes (pass 0 when the output is not labels only)."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from medpipe.inference.openvino_backend import openvino_available
+
+    if plan.name == "int8":
+        if backend == "torch":
+            raise InputError("precision 'int8' runs a quantised OpenVINO model; backend='torch' cannot run it "
+                             "(use backend 'auto' or 'openvino', or precision 'fp32')")
+        if not openvino_available():
+            raise ResourceError("precision 'int8' needs the 'openvino' package, which is not installed: "
+                                "pip install openvino")
+        return "openvino", f"{'requested' if backend == 'openvino' else 'auto'}: int8 runs on OpenVINO"
     if backend == "torch":
         return "torch", "requested torch"
-    from medpipe.inference.openvino_backend import openvino_available
 
     if backend == "openvino":
         if plan.device_type != "cpu" or plan.name != "fp32":

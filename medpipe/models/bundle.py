@@ -32,11 +32,13 @@ from torch import nn
 from medpipe.errors import BundleError
 from medpipe.io.atomic import atomic_dir
 
-__all__ = ["BundleConfig", "LabelInfo", "Normalization", "Preprocessing", "Bundle", "load_bundle",
-           "save_bundle", "clean_state_dict", "CONFIG_FILE", "WEIGHTS_FILE", "MAX_SHIPPED_WEIGHTS_MB"]
+__all__ = ["BundleConfig", "LabelInfo", "Normalization", "Preprocessing", "Quantization", "Bundle", "load_bundle",
+           "save_bundle", "write_config", "file_sha256", "clean_state_dict", "CONFIG_FILE", "WEIGHTS_FILE",
+           "INT8_XML", "MAX_SHIPPED_WEIGHTS_MB"]
 
 CONFIG_FILE = "model.yaml"
 WEIGHTS_FILE = "weights.safetensors"
+INT8_XML = "model.xml"
 MAX_SHIPPED_WEIGHTS_MB = 10.0
 
 
@@ -112,6 +114,35 @@ class Preprocessing(_Strict):
         return self
 
 
+class Quantization(_Strict):
+    """An int8 OpenVINO model of the same network, made by ``medpipe models quantize`` and
+    accepted by its accuracy gate. ``weights_sha256`` ties it to the exact fp32 weights it
+    was calibrated from: a bundle whose weights changed afterwards is refused."""
+
+    format: Literal["openvino-int8"] = "openvino-int8"
+    folder: str = "int8"
+    patch_size: list[int]
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    agreement: float = Field(ge=0.0, le=1.0)  # worst validation volume: voxels whose argmax equals fp32's
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    worst_class_dice: float = Field(ge=0.0, le=1.0)  # int8 vs fp32, structures of >= 1000 voxels
+    min_class_dice: float = Field(ge=0.0, le=1.0)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _gate(self) -> Quantization:
+        if self.agreement < self.min_agreement:
+            raise ValueError(f"the int8 model agrees with fp32 on {self.agreement:.2%} of voxels, below its own "
+                             f"gate {self.min_agreement:.2%}")
+        if self.worst_class_dice < self.min_class_dice:
+            raise ValueError(f"the int8 model's worst structure Dice vs fp32 is {self.worst_class_dice:.3f}, below "
+                             f"its own gate {self.min_class_dice:.2f}")
+        if Path(self.folder).is_absolute() or ".." in Path(self.folder).parts:
+            raise ValueError(f"folder must be a relative path inside the bundle, got {self.folder!r}")
+        return self
+
+
 class BundleConfig(_Strict):
     """The contents of ``model.yaml``."""
 
@@ -126,6 +157,7 @@ class BundleConfig(_Strict):
     preprocessing: Preprocessing
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    quantization: Quantization | None = None
 
     @field_validator("architecture")
     @classmethod
@@ -205,6 +237,12 @@ class Bundle:
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
 
+    @property
+    def int8_path(self) -> Path | None:
+        """The int8 OpenVINO model (``.xml``) when the bundle has been quantised, else None."""
+        q = self.config.quantization
+        return self.path / q.folder / INT8_XML if q is not None else None
+
     def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """The network with the bundle's weights loaded (strict), in eval mode, on ``device``."""
         from safetensors.torch import load_file
@@ -271,7 +309,30 @@ def load_bundle(path: str | Path, *, expect_modality: str | None = None) -> Bund
     problem = _first_mismatch(_meta_shapes(config), _weight_shapes(weights))
     if problem:
         raise BundleError(f"bundle {path}: weights do not match {config.architecture}: {problem}")
+    if config.quantization is not None:
+        _check_quantized(path, config.quantization)
     return Bundle(path=path, config=config)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_quantized(path: Path, q: Quantization) -> None:
+    xml = path / q.folder / INT8_XML
+    for f in (xml, xml.with_suffix(".bin")):
+        if not f.is_file():
+            raise BundleError(f"bundle {path}: model.yaml declares an int8 model but {f} is missing")
+    if file_sha256(path / WEIGHTS_FILE) != q.weights_sha256:
+        raise BundleError(f"bundle {path}: its int8 model was quantised from other weights than "
+                          f"{WEIGHTS_FILE} holds now; quantise again (medpipe models quantize) or remove "
+                          "the 'quantization' block and the int8 folder")
 
 
 class _YamlDumper(yaml.SafeDumper):
@@ -284,6 +345,13 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 
 _YamlDumper.add_representer(list, _represent_list)
+
+
+def write_config(folder: Path, config: BundleConfig) -> None:
+    """``model.yaml`` for ``config`` in ``folder`` (integer label ids, short lists on one line)."""
+    doc = config.model_dump(mode="json", exclude_none=True)
+    doc["labels"] = {int(k): v for k, v in doc["labels"].items()}  # YAML keeps integer label ids
+    (folder / CONFIG_FILE).write_text(yaml.dump(doc, Dumper=_YamlDumper, sort_keys=False))
 
 
 def save_bundle(path: str | Path, model: nn.Module, config: BundleConfig | dict[str, Any], *,
@@ -302,10 +370,11 @@ def save_bundle(path: str | Path, model: nn.Module, config: BundleConfig | dict[
     if size_mb > MAX_SHIPPED_WEIGHTS_MB:
         warnings.warn(f"bundle {path}: weights are {size_mb:.1f} MB, above the {MAX_SHIPPED_WEIGHTS_MB:.0f} MB "
                       "limit for bundles shipped with medpipe", stacklevel=2)
+    if config.quantization is not None:
+        raise BundleError(f"cannot save bundle {path} with a 'quantization' block: new weights invalidate the "
+                          "int8 model; save without it and run medpipe models quantize")
     with atomic_dir(path, overwrite=overwrite) as tmp:
-        doc = config.model_dump(mode="json", exclude_none=True)
-        doc["labels"] = {int(k): v for k, v in doc["labels"].items()}  # YAML keeps integer label ids
-        (tmp / CONFIG_FILE).write_text(yaml.dump(doc, Dumper=_YamlDumper, sort_keys=False))
+        write_config(tmp, config)
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"name": config.name, "version": config.version,
                                                            "architecture": config.architecture})
     return load_bundle(path)

@@ -41,7 +41,8 @@ def resolve_bundle_path(path: str) -> Path:
 
 class _SegmentParams(StageParams):
     bundle: str
-    precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
+    # auto: the bundle's validated int8 model on VNNI/AMX CPUs when it has one, else fp32/bf16 by hardware
+    precision: Literal["auto", "bf16", "fp32", "fp16", "int8"] = "auto"
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     tta: bool | list[int] = False  # True: the bundle's mirror axes; a list: those axes
     batch_size: int | None = Field(None, ge=1)
@@ -82,12 +83,14 @@ class Segment(Stage):
                          tta_axes=tta_axes, precision=p.precision, batch_size=p.batch_size,
                          output="both" if self._with_probabilities else "labels", device=ctx.device,
                          progress=ctx.track, memory_budget_gb=p.memory_budget_gb, accumulation=p.accumulation,
-                         backend=p.backend)
+                         backend=p.backend, int8_model=bundle.int8_path)
         labels = image.with_array(result.labels[None], is_label=True)
         labels.meta.extra["labels"] = {int(k): v.name for k, v in cfg.labels.items()}
         labels.meta.extra["colors"] = {int(k): list(v.color) for k, v in cfg.labels.items()}
         labels.meta.extra["bundle"] = {"name": cfg.name, "version": cfg.version, "architecture": cfg.architecture}
         ctx.facts["segment"] = {"bundle": cfg.name, **result.facts}
+        if result.facts["precision"] == "int8" and cfg.quantization is not None:
+            ctx.facts["segment"]["int8_agreement_at_quantization"] = cfg.quantization.agreement
         out: dict[str, Any] = {"labels": labels}
         if self._with_probabilities:
             probs = image.with_array(result.probabilities.astype(np.float32), is_label=False)
