@@ -221,12 +221,13 @@ def _cpu_config(threads: int, streams: int = 1) -> dict[str, Any]:
     """fp32 where the graph is fp32 (an int8 graph's FakeQuantize ops still run in int8):
     OpenVINO's bf16 mode was slower and less exact on the AVX512-BF16-without-AMX machine.
     One stream: latency mode, all threads on one request. Several: throughput mode, the
-    threads split between parallel requests — measured on 2 cores with the int8 STU-Net-S
-    at 96^3: 0.218 s per patch with 2 streams of 1 thread vs 0.251 s with 1 stream of 2."""
+    threads split between parallel requests — an ad-hoc measurement on 2 cores (int8 STU-Net-S,
+    96^3; not in RESULTS.md) gave 0.218 vs 0.251 s per patch in one run and 0.159 vs 0.149 s in
+    another: no reliable difference per patch; it is steadier per volume (docs/inference.md)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
     if streams > 1:
-        return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT",
-                "NUM_STREAMS": streams}
-    return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        return {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
+    return {**config, "PERFORMANCE_HINT": "LATENCY"}
 
 
 def load_openvino_ir(xml_path: str | Path, input_shape: Sequence[int], *,

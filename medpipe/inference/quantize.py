@@ -1,8 +1,9 @@
 """Post-training int8 quantisation of a bundle's network (OpenVINO + NNCF), with an accuracy gate.
 
 Why: the CPUs hospitals run inference on mostly lack AMX but have VNNI (AVX512-VNNI or
-AVX-VNNI) int8 dot products. On the benchmark machine OpenVINO runs a STU-Net-S 96^3
-patch in int8 in 0.17 s against 0.44 s in fp32 (benchmarks/RESULTS.md) — the only path
+AVX-VNNI) int8 dot products. On the benchmark machine OpenVINO ran a STU-Net-S 96^3
+patch in int8 in 0.15-0.17 s against 0.44 s in fp32 (development runs, not yet recorded in
+benchmarks/RESULTS.md) — the only path
 to several-fold CPU speed-ups there, since bf16 without AMX is slower than fp32.
 
 Post-training quantisation needs calibration data and can cost accuracy, so it is an
@@ -42,7 +43,7 @@ from medpipe.image import Image
 from medpipe.inference.tiling import pad_amounts, plan_tiles
 
 __all__ = ["DEFAULT_MIN_AGREEMENT", "QuantizationReport", "calibration_patches", "edge_convolutions",
-           "quantize_network", "check_agreement", "quantize_bundle"]
+           "quantize_network", "fp32_references", "check_agreement", "quantize_bundle"]
 
 DEFAULT_MIN_AGREEMENT = 0.995
 DEFAULT_MIN_CLASS_DICE = 0.95
@@ -139,18 +140,31 @@ def quantize_network(model: torch.nn.Module, patches: Sequence[np.ndarray], *, k
                          subset_size=len(patches), fast_bias_correction=True, **kwargs)
 
 
+def fp32_references(model: torch.nn.Module, volumes: Sequence[tuple[str, np.ndarray]], patch: Sequence[int],
+                    num_classes: int, *, overlap: float = 0.5) -> list[tuple[np.ndarray, float]]:
+    """(labels, seconds) of each volume segmented whole with the fp32 network (OpenVINO): the
+    reference every quantisation attempt is checked against, computed once."""
+    from medpipe.inference.sliding_window import predict
+
+    refs = []
+    for _, vol in volumes:
+        t = time.perf_counter()
+        labels = predict(model, vol, patch, num_classes=num_classes, overlap=overlap, precision="fp32",
+                         backend="openvino", progress=False).labels
+        refs.append((labels, time.perf_counter() - t))
+    return refs
+
+
 def check_agreement(model: torch.nn.Module, int8_xml: Path, volumes: Sequence[tuple[str, np.ndarray]],
-                    patch: Sequence[int], num_classes: int, *, overlap: float = 0.5) -> list[dict[str, Any]]:
-    """Segment each volume whole with the fp32 network (OpenVINO) and with the int8 model: the
-    fraction of voxels with the same label, the Dice of each class between the two, and times."""
+                    references: Sequence[tuple[np.ndarray, float]], patch: Sequence[int], num_classes: int, *,
+                    overlap: float = 0.5) -> list[dict[str, Any]]:
+    """Segment each volume whole with the int8 model and compare with its fp32 ``references``
+    (``fp32_references``): the fraction of voxels with the same label, the Dice of each class
+    between the two, and times."""
     from medpipe.inference.sliding_window import predict
 
     rows = []
-    for name, vol in volumes:
-        t = time.perf_counter()
-        ref = predict(model, vol, patch, num_classes=num_classes, overlap=overlap, precision="fp32",
-                      backend="openvino", progress=False).labels
-        t32 = time.perf_counter() - t
+    for (name, vol), (ref, t32) in zip(volumes, references, strict=True):
         t = time.perf_counter()
         got = predict(model, vol, patch, num_classes=num_classes, overlap=overlap, precision="int8",
                       int8_model=int8_xml, progress=False).labels
@@ -158,10 +172,10 @@ def check_agreement(model: torch.nn.Module, int8_xml: Path, volumes: Sequence[tu
         dice, gated = {}, []
         for c in range(1, num_classes):
             a, b = ref == c, got == c
-            denom = int(a.sum()) + int(b.sum())
-            if denom:
-                dice[c] = round(2.0 * int((a & b).sum()) / denom, 5)
-                if max(int(a.sum()), int(b.sum())) >= MIN_GATED_VOXELS:
+            na, nb = int(a.sum()), int(b.sum())
+            if na + nb:
+                dice[c] = round(2.0 * int((a & b).sum()) / (na + nb), 5)
+                if max(na, nb) >= MIN_GATED_VOXELS:
                     gated.append(c)
         rows.append({"volume": name, "agreement": float((ref == got).mean()), "dice_vs_fp32": dice,
                      "gated_classes": gated, "worst_gated_dice": min((dice[c] for c in gated), default=1.0),
@@ -249,6 +263,7 @@ def quantize_bundle(src: str | Path, calibration: Sequence[str | Path], out: str
                                 calibration={"volumes": [n for n, _ in calib], "patches": len(patches),
                                              "validation_volumes": [n for n, _ in valid],
                                              "validated_on_calibration_data": len(volumes) == 1})
+    references = fp32_references(model, valid, patch, cfg.num_classes)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for item in src.iterdir():  # everything the source bundle holds, except an older int8 model
             if item.name in (CONFIG_FILE,) or (cfg.quantization and item.name == cfg.quantization.folder):
@@ -264,7 +279,7 @@ def quantize_bundle(src: str | Path, calibration: Sequence[str | Path], out: str
                 shutil.rmtree(xml.parent)
             xml.parent.mkdir()
             ov.save_model(qm, str(xml), compress_to_fp16=False)
-            rows = check_agreement(model, xml, valid, patch, cfg.num_classes)
+            rows = check_agreement(model, xml, valid, references, patch, cfg.num_classes)
             worst = min(r["agreement"] for r in rows)
             worst_dice, where = min(((r["dice_vs_fp32"][c], f"{cfg.labels[c].name} in {r['volume']}")
                                      for r in rows for c in r["gated_classes"]), default=(1.0, "-"))

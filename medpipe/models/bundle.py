@@ -314,14 +314,23 @@ def load_bundle(path: str | Path, *, expect_modality: str | None = None) -> Bund
     return Bundle(path=path, config=config)
 
 
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, memoised per process on (path, size, mtime): a pipeline loads the
+    same bundle in several stages, and a multi-GB weights file should be read once."""
     import hashlib
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    st = Path(path).stat()
+    stamp = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if stamp not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[stamp] = h.hexdigest()
+    return _SHA256[stamp]
 
 
 def _check_quantized(path: Path, q: Quantization) -> None:
