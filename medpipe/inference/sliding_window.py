@@ -174,8 +174,9 @@ def _forward_batches(model: Callable[[torch.Tensor], Any], items: Iterable[tuple
 def openvino_streams(passes: int, threads: int | None = None) -> int:
     """Parallel OpenVINO requests for a prediction of ``passes`` forward passes: 2 (throughput
     mode, one thread each) when there are 2+ threads and enough passes to keep both busy —
-    measured 13 % more patches per second than one 2-thread request, and the stitching of
-    one patch then overlaps the next one's compute — else 1 (latency mode). More streams
+    in ad-hoc runs as fast on average as one 2-thread request and steadier (docs/inference.md);
+    the stitching of one patch overlaps the next one's compute either way — else 1 (latency
+    mode). More streams
     were not measured (they also multiply OpenVINO's activation memory)."""
     threads = int(threads or torch.get_num_threads())
     return 2 if threads >= 2 and passes >= 4 else 1
