@@ -137,6 +137,9 @@ def quantize_cmd(
                                          help="Gate: Dice between int8 and fp32 labels of every structure of "
                                               ">= 1000 voxels, on every validation volume."),
     max_patches: int = typer.Option(64, "--max-patches", min=1, help="Calibration patches (spread over the tiles)."),
+    max_restored: int = typer.Option(12, "--max-restored", min=0,
+                                     help="Layer groups accuracy control may keep in fp32 when the plain attempts miss "
+                                          "the gate (each costs speed; 0 = no accuracy control)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_BUNDLE if it exists."),
 ) -> None:
     """Make an int8 OpenVINO model of a bundle (post-training quantisation) and keep it only if its
@@ -149,7 +152,8 @@ def quantize_cmd(
 
     console = Console()
     b, report = quantize_bundle(bundle, calibration, out_bundle, min_agreement=min_agreement,
-                                min_class_dice=min_class_dice, max_patches=max_patches, overwrite=overwrite, log=console.print)
+                                min_class_dice=min_class_dice, max_patches=max_patches,
+                                max_restored=max_restored, overwrite=overwrite, log=console.print)
     table = Table(title="int8 vs fp32 on the validation volumes", title_justify="left")
     for col in ("volume", "agreement", "worst structure Dice", "fp32 s", "int8 s"):
         table.add_column(col)
@@ -161,4 +165,5 @@ def quantize_cmd(
                       f"{row['fp32_seconds']:.1f}", f"{row['int8_seconds']:.1f}")
     console.print(table)
     typer.echo(f"wrote bundle {b.path} with an int8 model ({report.attempt}; agreement {report.agreement:.4%}, "
-               f"worst structure Dice {report.worst_class_dice:.4f})")
+               f"worst structure Dice {report.worst_class_dice:.4f}; "
+               f"{len(report.attempts[-1]['kept_fp32'])} convolution(s) kept in fp32)")

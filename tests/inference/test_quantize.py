@@ -15,7 +15,15 @@ from medpipe.data.phantoms import ct_phantom
 from medpipe.errors import BundleError, InputError
 from medpipe.inference import predict
 from medpipe.inference.precision import cpu_has_int8_dot, resolve_backend, resolve_precision
-from medpipe.inference.quantize import calibration_patches, edge_convolutions, quantize_bundle
+from medpipe.inference.quantize import (
+    MIN_GATED_VOXELS,
+    calibration_patches,
+    edge_convolutions,
+    quantize_bundle,
+    quantize_network,
+    unquantized_convolutions,
+    worst_structure_dice,
+)
 from medpipe.inference.tiling import pad_amounts, plan_tiles
 from medpipe.io.volumes import write_volume
 from medpipe.models.bundle import load_bundle, save_bundle
@@ -98,6 +106,39 @@ def test_edge_convolutions_are_the_first_and_the_output_convs():
     assert out_conv.get_output_partial_shape(0)[1].get_length() == 3
 
 
+def test_worst_structure_dice_pools_pairs_and_skips_small_structures():
+    ref = np.zeros((2, 20, 20, 20), np.int64)
+    ref[0, :10], ref[1, :5] = 1, 1  # structure 1: 4000 + 2000 voxels
+    ref[0, 15:, :2, :2] = 2  # structure 2: 20 voxels, below the gate's size
+    got = ref.copy()
+    got[1, :5] = 0  # the second tile loses structure 1 entirely
+    got[0, 15:, :2, :2] = 0
+    pairs = [(ref[0], got[0]), (ref[1], got[1])]
+    assert worst_structure_dice(pairs, 3) == pytest.approx(2 * 4000 / (6000 + 4000))  # pooled, 2 ignored
+    assert worst_structure_dice(pairs[1:], 3) == 0.0
+    assert worst_structure_dice([(ref[0], ref[0])], 3) == 1.0
+    tiny = np.zeros((8, 8, 8), np.int64)
+    tiny[0] = 1
+    assert 64 < MIN_GATED_VOXELS
+    assert worst_structure_dice([(tiny, np.zeros_like(tiny))], 2) == pytest.approx(1 - 64 / 512)  # voxel agreement
+
+
+def test_unquantized_convolutions_names_what_an_attempt_kept_fp32():
+    from medpipe.inference.openvino_backend import convert_to_openvino
+
+    b = load_bundle(SHIPPED)
+    net = b.build_model()
+    rng = np.random.default_rng(0)
+    patches = [rng.normal(size=(1, 1, *b.config.preprocessing.patch_size)).astype(np.float32) for _ in range(2)]
+    om, _ = convert_to_openvino(net, torch.from_numpy(patches[0]))
+    assert unquantized_convolutions(om) == [op.get_friendly_name() for op in om.get_ordered_ops()
+                                            if op.get_type_name() == "Convolution"]  # nothing quantised
+    # every convolution is quantised, also those fed by a concatenation of quantised skips
+    assert unquantized_convolutions(quantize_network(net, patches, om=om.clone())) == []
+    edges = edge_convolutions(om)
+    assert unquantized_convolutions(quantize_network(net, patches, keep_fp32=edges, om=om.clone())) == edges
+
+
 def test_quantized_bundle_passes_its_gate_and_leaves_the_source_untouched(quantized, calibration_files):
     src, out, before, report = quantized
     assert _tree_digest(src) == before  # nothing the user gave us is modified
@@ -147,10 +188,14 @@ def test_gate_failure_writes_nothing_and_gives_the_numbers(tmp_path):
     rng = np.random.default_rng(0)
     write_volume(ct.with_array(rng.normal(0, 400, ct.array.shape).astype(np.float32)), noise)
     out = tmp_path / "never"
-    with pytest.raises(BundleError, match=r"agrees with fp32 on only [\d.]+% .*gate 100\.00%.*Dice.*no bundle was "
-                                          r"written"):
-        quantize_bundle(SHIPPED, [noise], out, min_agreement=1.0, max_patches=2)
+    said: list[str] = []
+    with pytest.raises(BundleError, match=r"agrees with fp32 on only [\d.]+% .*gate 100\.00%.*Dice.*even with "
+                                          r"([2-9]|\d\d+) of \d+ convolutions kept in fp32; no bundle was written"):
+        quantize_bundle(SHIPPED, [noise], out, min_agreement=1.0, max_patches=2, max_restored=1, log=said.append)
     assert not out.exists() and not list(tmp_path.glob(".*never*"))
+    # all three attempts ran: plain, edge convolutions in fp32, accuracy control
+    assert [m.split(":")[0] for m in said if "agreement with fp32" in m] == [
+        "all layers int8", "first and output convolutions kept fp32", "accuracy-controlled"]
 
 
 def test_changed_weights_or_missing_files_invalidate_the_int8_model(quantized, tmp_path):
