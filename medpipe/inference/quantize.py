@@ -156,10 +156,16 @@ def quantize_network(model: torch.nn.Module, patches: Sequence[np.ndarray], *, k
         raise InputError("quantisation needs at least one calibration patch")
     if om is None:
         om, _ = convert_to_openvino(model.eval(), torch.from_numpy(patches[0]))
-    scope = nncf.IgnoredScope(names=list(keep_fp32), validate=False) if keep_fp32 else None
-    kwargs: dict[str, Any] = {"ignored_scope": scope} if scope is not None else {}
-    return nncf.quantize(om, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,
-                         subset_size=len(patches), fast_bias_correction=True, **kwargs)
+    return nncf.quantize(om, nncf.Dataset(list(patches)), **_ptq_options(nncf, patches, keep_fp32))
+
+
+def _ptq_options(nncf: Any, patches: Sequence[np.ndarray], keep_fp32: Sequence[str]) -> dict[str, Any]:
+    """The post-training quantisation settings every attempt shares."""
+    options: dict[str, Any] = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(patches),
+                               "fast_bias_correction": True}
+    if keep_fp32:
+        options["ignored_scope"] = nncf.IgnoredScope(names=list(keep_fp32), validate=False)
+    return options
 
 
 def _overlap_counts(ref: np.ndarray, got: np.ndarray, num_classes: int) -> np.ndarray:
@@ -207,14 +213,11 @@ def quantize_accuracy_controlled(om: Any, patches: Sequence[np.ndarray], validat
         # per-tile agreement picks the ranking tiles (where int8 differs most); the metric is the gate's
         return worst_structure_dice(pairs, num_classes), [float((r == g).mean()) for r, g in pairs]
 
-    scope = nncf.IgnoredScope(names=list(keep_fp32), validate=False) if keep_fp32 else None
     restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=max_restored, num_ranking_workers=1,
                                                   ranking_subset_size=min(len(items), 8))
     return nncf.quantize_with_accuracy_control(
         om, nncf.Dataset(list(patches)), nncf.Dataset(items), validate, max_drop=max_drop,
-        preset=nncf.QuantizationPreset.MIXED, subset_size=len(patches), fast_bias_correction=True,
-        **({"ignored_scope": scope} if scope is not None else {}),
-        advanced_accuracy_restorer_parameters=restorer)
+        advanced_accuracy_restorer_parameters=restorer, **_ptq_options(nncf, patches, keep_fp32))
 
 
 def fp32_references(model: torch.nn.Module, volumes: Sequence[tuple[str, np.ndarray]], patch: Sequence[int],
