@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._results import markdown_table, record  # noqa: E402
 from medpipe.inference import predict  # noqa: E402
+from medpipe.inference.feature_stitching import FeatureExtractor  # noqa: E402
 from medpipe.inference.openvino_backend import load_openvino_ir, load_openvino_network  # noqa: E402
 from medpipe.inference.optimize import optimize_for_inference  # noqa: E402
 from medpipe.inference.precision import cpu_flags  # noqa: E402
@@ -155,9 +156,11 @@ def memory_child(variant: str, size: int, patch: int, classes: int) -> None:
             labels = out[0].argmax(0).to(torch.uint8).numpy()
         else:
             res = predict(net, x[0], (patch,) * 3, num_classes=classes, progress=False,
-                          backend="torch" if variant == "medpipe_torch" else "auto")
+                          backend="auto" if variant == "medpipe_auto" else "torch",
+                          stitch="logits" if variant == "medpipe_logits" else "auto")
             labels = res.labels
-            facts = {k: res.facts[k] for k in ("backend", "accumulation", "peak_memory_bound_bytes")}
+            facts = {k: res.facts[k] for k in ("backend", "accumulation", "peak_memory_bound_bytes", "stitched",
+                                               "stitched_channels")}
             facts["cache"] = res.facts.get("openvino", {}).get("cache")
     seconds = time.perf_counter() - t
     print(json.dumps({"variant": variant, "peak_rss": _vm_hwm(), "baseline_rss": base, "seconds": seconds,
@@ -166,12 +169,13 @@ def memory_child(variant: str, size: int, patch: int, classes: int) -> None:
 
 def run_memory(size: int, patch: int, classes: int) -> list[dict]:
     # Convert the OpenVINO IR here first (same seed = same weights = same cache key), so the
-    # child measures a warm-cache run, not the one-time conversion.
+    # child measures a warm-cache run, not the one-time conversion. medpipe's default stitches
+    # STU-Net's 8 features in front of its head, so OpenVINO runs the trunk.
     t = time.perf_counter()
-    load_openvino_network(memory_net(classes), (1, 1, patch, patch, patch))
+    load_openvino_network(FeatureExtractor(memory_net(classes)), (1, 1, patch, patch, patch))
     print(f"memory model IR ready in {time.perf_counter() - t:.0f}s", flush=True)
     rows = []
-    for variant in ("monai_fp32", "monai_bf16_cl", "medpipe_auto", "medpipe_torch"):
+    for variant in ("monai_fp32", "monai_bf16_cl", "medpipe_auto", "medpipe_torch", "medpipe_logits"):
         proc = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--mem-size", str(size),
                                "--patch", str(patch), "--classes", str(classes)],
                               capture_output=True, text=True)
@@ -183,6 +187,20 @@ def run_memory(size: int, patch: int, classes: int) -> list[dict]:
     return rows
 
 
+def memory_variants(classes: int) -> str:
+    """What each medpipe memory variant runs (for the recorded text)."""
+    feats = memory_net(classes).head.in_channels
+    return (f"medpipe_auto = `predict` defaults (STU-Net has a linear 1x1 head with {feats} inputs, so the {feats} "
+            "features are stitched in fp32 and the head runs per finalised slab; fewer than 32 channels are stitched, "
+            f"so OpenVINO runs the trunk); medpipe_torch = the same on PyTorch; medpipe_logits = PyTorch stitching "
+            f"the {classes} logits (`stitch=\"logits\"`, fp16 running-mean accumulation: what medpipe did before "
+            "feature stitching).")
+
+
+def _stitched(r: dict) -> str:
+    return f"{r['stitched']} ({r['stitched_channels']})" if "stitched" in r else "logits, dense"
+
+
 def record_memory_only(rows: list[dict], args: argparse.Namespace) -> None:
     """Record the peak-memory comparison alone (the full run measures it at a smaller size)."""
     monai = next((r for r in rows if r["variant"] == "monai_fp32" and "peak_rss" in r), None)
@@ -192,12 +210,12 @@ def record_memory_only(rows: list[dict], args: argparse.Namespace) -> None:
             table.append([r["variant"], "failed: " + r.get("error", "?"), "", "", "", ""])
             continue
         ratio = f"{r['peak_rss'] / monai['peak_rss']:.0%}" if monai else "n/a"
-        table.append([r["variant"], r.get("backend", "torch (MONAI)"), r.get("accumulation", "fp32 dense"),
+        table.append([r["variant"], r.get("backend", "torch (MONAI)"), _stitched(r), r.get("accumulation", "fp32 dense"),
                       f"{r['peak_rss'] / 2**30:.2f}", ratio, f"{r['seconds']:.0f}"])
     body = (f"{args.classes}-class STU-Net-XS on a {args.mem_size}^3 volume, patch {args.patch}^3, overlap 0.5, "
-            "Gaussian; each variant in its own subprocess, peak = `VmHWM`; medpipe with its defaults "
-            "(fp16 running-mean accumulation for >= 32 classes, labels output).\n\n"
-            + markdown_table(["variant", "backend", "accumulation", "peak RSS GiB", "vs MONAI fp32", "seconds"], table))
+            "Gaussian; each variant in its own subprocess, peak = `VmHWM`; " + memory_variants(args.classes) + "\n\n"
+            + markdown_table(["variant", "backend", "stitched", "accumulation", "peak RSS GiB", "vs MONAI fp32",
+                              "seconds"], table))
     record("sliding_window_memory", f"Sliding-window peak memory at {args.mem_size}^3, {args.classes} classes", body)
 
 
@@ -451,7 +469,8 @@ def write_results(args, results, agree, agree_own, dice_own, decided, fit_acc, f
                 mrows.append([r["variant"], "failed: " + r["error"], "", "", "", ""])
                 continue
             ratio = f"{r['peak_rss'] / monai_mem['peak_rss']:.0%}" if monai_mem else "n/a"
-            how = f"{r.get('backend', 'torch')}, {r.get('accumulation', 'fp32 dense')} accumulation"
+            how = (f"{r.get('backend', 'torch')}, {_stitched(r)} stitched, "
+                   f"{r.get('accumulation', 'fp32 dense')} accumulation")
             mrows.append([r["variant"], how, f"{r['peak_rss'] / 2**30:.2f}",
                           f"{(r['peak_rss'] - r['baseline_rss']) / 2**30:.2f}", ratio, f"{r['seconds']:.0f}"])
         mem_table = markdown_table(["variant", "how", "peak RSS GiB", "peak minus baseline GiB",
@@ -515,8 +534,7 @@ whole-volume predictions).
 
 **Peak memory, {args.classes}-class STU-Net-XS on a {args.mem_size}^3 volume** (patch {args.patch}^3, overlap
 0.5; each variant in its own subprocess, peak = `VmHWM` of the child, baseline = RSS after building the model
-and input; medpipe runs its defaults: for >= 32 classes with labels output that is PyTorch with fp16
-running-mean accumulation; the OpenVINO IR was converted beforehand in the parent):
+and input; the OpenVINO IR was converted beforehand in the parent). {memory_variants(args.classes)}
 
 {mem_table}
 """

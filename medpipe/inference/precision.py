@@ -136,17 +136,20 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", *,
     return PrecisionPlan("fp32", dev, False, "requested fp32")
 
 
-# With this many classes (labels output) stitching, not the network, dominates a volume and
-# OpenVINO's activation arena costs memory for no speed: measured with a 105-class
-# STU-Net-XS on 256^3 (benchmarks/RESULTS.md, "Sliding-window peak memory"): torch 2.56 GiB
-# in 102 s vs OpenVINO 3.37 GiB in 104 s (MONAI fp32: 8.80 GiB, 152 s).
+# With this many channels stitched per voxel (the logits of a many-class model without a
+# linear head, labels output) stitching, not the network, dominates a volume and OpenVINO's
+# activation arena costs memory for no speed: measured with a 105-class STU-Net-XS on 256^3
+# stitching logits: torch 2.56 GiB in 102 s vs OpenVINO 3.37 GiB in 104 s (MONAI fp32:
+# 8.80 GiB, 152 s). Models with a linear head stitch their few features instead
+# (``feature_stitching``), so the network dominates again and OpenVINO is chosen.
 MANY_CLASSES = 32
 
 
-def resolve_backend(backend: str, plan: PrecisionPlan, num_classes: int = 0) -> tuple[str, str]:
+def resolve_backend(backend: str, plan: PrecisionPlan, stitched_channels: int = 0) -> tuple[str, str]:
     """``auto|torch|openvino`` → (``"torch"``/``"openvino"``, reason). ``auto`` is OpenVINO
-    when it is importable, the device is the CPU, the precision resolved to fp32 and the
-    model has fewer than ``MANY_CLASSES`` classes (pass 0 when the output is not labels only)."""
+    when it is importable, the device is the CPU, the precision resolved to fp32 and fewer
+    than ``MANY_CLASSES`` channels are stitched per voxel (the classes, or the features in
+    front of a linear head; pass 0 when the output is not labels only)."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     from medpipe.inference.openvino_backend import openvino_available
@@ -174,9 +177,9 @@ def resolve_backend(backend: str, plan: PrecisionPlan, num_classes: int = 0) -> 
         return "torch", f"auto: {plan.device_type} device"
     if plan.name != "fp32":
         return "torch", f"auto: precision {plan.name} runs on PyTorch"
-    if num_classes >= MANY_CLASSES:
-        return "torch", (f"auto: {num_classes} classes - stitching dominates; PyTorch keeps peak memory lower "
-                         "at the same speed")
+    if stitched_channels >= MANY_CLASSES:
+        return "torch", (f"auto: {stitched_channels} logits stitched per voxel - stitching dominates; PyTorch "
+                         "keeps peak memory lower at the same speed")
     if not openvino_available():
         return "torch", "auto: openvino is not installed (pip install openvino for ~3x faster CPU inference)"
     return "openvino", "auto: CPU fp32 with openvino installed"

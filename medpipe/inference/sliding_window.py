@@ -8,8 +8,11 @@ axis; logits are accumulated in a *ring* buffer only one patch deep along that a
 and as soon as a range of slices can no longer be touched by a later tile it is
 finalised (argmax → uint8 labels, or softmax → fp16 probabilities) and its slots are
 reused. The stitching memory is ``classes x I x J x patch_k`` instead of
-``classes x I x J x K``. Tiles, Gaussian weights and TTA follow nnU-Net (see
-``tiling``/``gaussian``); precision follows ``precision.resolve_precision``.
+``classes x I x J x K``. When the network ends in a linear 1x1 head with fewer inputs
+than classes (STU-Net: 8-96 features, 105 classes), the ring holds the *features* and the
+head runs per finalised slab (``feature_stitching``: exact, the mean is linear). Tiles,
+Gaussian weights and TTA follow nnU-Net (see ``tiling``/``gaussian``); precision follows
+``precision.resolve_precision``.
 
 Example:
     >>> result = predict(net, volume, (96, 96, 96), num_classes=105)
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from medpipe.errors import InputError, ResourceError
+from medpipe.inference.feature_stitching import FeatureExtractor, LinearHead, linear_head_of
 from medpipe.inference.gaussian import gaussian_importance_map
 from medpipe.inference.optimize import optimize_for_inference
 from medpipe.inference.precision import MANY_CLASSES, PrecisionPlan, resolve_backend, resolve_precision
@@ -39,9 +43,10 @@ from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
 from medpipe.kernels import accumulate_patch
 
 __all__ = ["Prediction", "predict", "mirror_combinations", "memory_plan", "resolve_accumulation",
-           "DEFAULT_BATCH_SIZE", "FP16_ACCUMULATION_MIN_CLASSES"]
+           "DEFAULT_BATCH_SIZE", "FP16_ACCUMULATION_MIN_CLASSES", "STITCH_MODES"]
 
 Output = Literal["labels", "probabilities", "both"]
+STITCH_MODES = ("auto", "logits", "features")
 
 # Patches per forward pass. Measured by benchmarks/sliding_window.py on the 2-core
 # AVX512-BF16 machine: batching 2 patches did not beat 1 patch per pass reliably for
@@ -76,23 +81,33 @@ def _label_dtype(num_classes: int) -> np.dtype:
 
 def memory_plan(shape: Sequence[int], patch: Sequence[int], *, num_classes: int, in_channels: int = 1,
                 batch_size: int = 1, output: Output = "labels", accumulation: str = "fp32",
-                stream: bool = True, tta_passes: int = 1, probability_bytes: int = 2) -> dict[str, int]:
+                stream: bool = True, tta_passes: int = 1, probability_bytes: int = 2,
+                stitch_channels: int | None = None) -> dict[str, int]:
     """Theoretical peak of what the engine allocates (bytes), excluding the network's own
-    activations and weights: input, stitching buffers, outputs, batch and temporaries."""
+    activations and weights: input, stitching buffers, outputs, batch and temporaries.
+    ``stitch_channels``: the feature channels stitched in front of a linear head (``None``:
+    logits are stitched)."""
     n_vox = math.prod(shape)
     i, j, k = shape
     depth = min(patch[-1], k) if stream else k
     acc_bytes = 2 if accumulation == "fp16" else 4
     p_vox = math.prod(patch)
+    channels = stitch_channels or num_classes
+    slab = i * j * min(_FINALISE_CHUNK, depth)
+    if output != "labels":
+        temporaries = 2 * num_classes * slab * 4
+    elif stitch_channels:  # mean features + labels + the head's bounded (voxels x classes) blocks
+        temporaries = slab * (channels * 4 + 8) + 32 * 2**20
+    else:
+        temporaries = slab * 8
     parts = {
         "input": in_channels * n_vox * 4,
-        "logit_buffer": num_classes * i * j * depth * acc_bytes,
+        "logit_buffer": channels * i * j * depth * acc_bytes,
         "weight_buffer": i * j * depth * 4,
         "labels": n_vox * _label_dtype(num_classes).itemsize if output in ("labels", "both") else 0,
         "probabilities": num_classes * n_vox * probability_bytes if output in ("probabilities", "both") else 0,
-        "batch": batch_size * p_vox * (in_channels * 4 * 2 + num_classes * 4 * (2 if tta_passes > 1 else 1)),
-        "finalise_temporaries": (2 * num_classes * i * j * min(_FINALISE_CHUNK, depth) * 4
-                                 if output != "labels" else i * j * min(_FINALISE_CHUNK, depth) * 8),
+        "batch": batch_size * p_vox * (in_channels * 4 * 2 + channels * 4 * (2 if tta_passes > 1 else 1)),
+        "finalise_temporaries": temporaries,
     }
     parts["total"] = sum(parts.values())
     parts["dense_logit_buffer"] = num_classes * n_vox * 4  # what a whole-volume float buffer takes
@@ -100,7 +115,8 @@ def memory_plan(shape: Sequence[int], patch: Sequence[int], *, num_classes: int,
 
 
 def resolve_accumulation(accumulation: str, num_classes: int, output: str) -> str:
-    """``auto`` → ``fp16`` for labels-only output with many classes, else ``fp32``."""
+    """``auto`` → ``fp16`` for labels-only output with many stitched channels (``num_classes``:
+    the logits, or the features in front of a linear head), else ``fp32``."""
     if accumulation not in ("auto", "fp32", "fp16"):
         raise InputError(f"accumulation must be 'auto', 'fp32' or 'fp16', got {accumulation!r}")
     if accumulation != "auto":
@@ -182,6 +198,26 @@ def openvino_streams(passes: int, threads: int | None = None) -> int:
     return 2 if threads >= 2 and passes >= 4 else 1
 
 
+def _stitch_head(stitch: str, model: torch.nn.Module, num_classes: int, plan: PrecisionPlan) -> LinearHead | None:
+    """The linear head to stitch features in front of, or None to stitch logits. ``auto``:
+    when the model has one with fewer inputs than classes and the whole network runs in
+    PyTorch or OpenVINO fp32 (a quantised int8 model is one opaque graph)."""
+    if stitch not in STITCH_MODES:
+        raise InputError(f"stitch must be one of {', '.join(STITCH_MODES)}, got {stitch!r}")
+    if stitch == "logits":
+        return None
+    head = linear_head_of(model) if plan.name != "int8" else None
+    if head is None:
+        if stitch == "features":
+            raise InputError(f"stitch='features' needs a network with forward_features() and a 1x1 'head' "
+                             f"(run in fp32/bf16, not int8); {type(model).__name__} with precision {plan.name} "
+                             "has none: use stitch='logits'")
+        return None
+    if head.num_classes != num_classes:
+        raise InputError(f"the network's head has {head.num_classes} outputs, expected {num_classes} classes")
+    return head if stitch == "features" or head.in_channels < num_classes else None
+
+
 def _ring_pieces(z: int, length: int, depth: int) -> Iterator[tuple[int, int, int]]:
     """Split the absolute range [z, z+length) into (ring_start, source_start, size) pieces."""
     done = 0
@@ -193,16 +229,20 @@ def _ring_pieces(z: int, length: int, depth: int) -> Iterator[tuple[int, int, in
 
 
 class _Stitcher:
-    """Ring buffer of accumulated logits along the last axis; finalises completed slices."""
+    """Ring buffer of accumulated logits (or features, with ``head``) along the last axis;
+    finalises completed slices."""
 
     def __init__(self, plan: TilePlan, num_classes: int, depth: int, acc_dtype: torch.dtype,
-                 device: torch.device, output: Output, gaussian: torch.Tensor, prob_dtype: type = np.float16):
+                 device: torch.device, output: Output, gaussian: torch.Tensor, prob_dtype: type = np.float16,
+                 head: LinearHead | None = None):
         i, j, k = plan.shape
         self.depth = depth
         self.gaussian = gaussian
         self.output = output
+        self.head = head
         self.running_mean = acc_dtype == torch.float16  # fp16 sums would underflow at patch corners
-        self.logits = torch.zeros((num_classes, i, j, depth), dtype=acc_dtype, device=device)
+        channels = head.in_channels if head is not None else num_classes
+        self.logits = torch.zeros((channels, i, j, depth), dtype=acc_dtype, device=device)
         self.weights = torch.zeros((i, j, depth), dtype=torch.float32, device=device)
         self.labels = np.zeros((i, j, k), _label_dtype(num_classes)) if output != "probabilities" else None
         self.probs = (np.zeros((num_classes, i, j, k), prob_dtype)
@@ -224,18 +264,33 @@ class _Stitcher:
                 zs = slice(start + src, start + src + size)
                 rs = slice(ring, ring + size)
                 acc = self.logits[..., rs]
-                if self.labels is not None:  # weights are positive: argmax of the sum = argmax of the mean
-                    # classes innermost first: torch's argmax over a strided leading dim is ~3x slower
-                    # than a contiguous copy + argmax over the last dim (same first-maximum ties)
-                    top = acc.permute(1, 2, 3, 0).contiguous().argmax(-1)
-                    self.labels[..., zs] = top.cpu().numpy().astype(self.labels.dtype, copy=False)
-                if self.probs is not None:
-                    avg = acc.float() if self.running_mean else acc / self.weights[..., rs]
-                    self.probs[..., zs] = torch.softmax(avg, 0).cpu().numpy()
-                    del avg
+                if self.head is not None:
+                    self._finalise_features(acc, zs, rs)
+                else:
+                    self._finalise_logits(acc, zs, rs)
                 self.logits[..., rs].zero_()
                 self.weights[..., rs].zero_()
                 self.finalised = start + src + size
+
+    def _finalise_logits(self, acc: torch.Tensor, zs: slice, rs: slice) -> None:
+        if self.labels is not None:  # weights are positive: argmax of the sum = argmax of the mean
+            # classes innermost first: torch's argmax over a strided leading dim is ~3x slower
+            # than a contiguous copy + argmax over the last dim (same first-maximum ties)
+            top = acc.permute(1, 2, 3, 0).contiguous().argmax(-1)
+            self.labels[..., zs] = top.cpu().numpy().astype(self.labels.dtype, copy=False)
+        if self.probs is not None:
+            avg = acc.float() if self.running_mean else acc / self.weights[..., rs]
+            self.probs[..., zs] = torch.softmax(avg, 0).cpu().numpy()
+
+    def _finalise_features(self, acc: torch.Tensor, zs: slice, rs: slice) -> None:
+        """Labels/probabilities of stitched features: the head on their weighted mean (the
+        head is affine, so a weighted *sum* would scale its bias — divide first)."""
+        assert self.head is not None
+        mean = acc.float() if self.running_mean else acc / self.weights[..., rs]
+        if self.labels is not None:
+            self.labels[..., zs] = self.head.argmax(mean).cpu().numpy().astype(self.labels.dtype, copy=False)
+        if self.probs is not None:
+            self.probs[..., zs] = torch.softmax(self.head.logits(mean), 0).cpu().numpy()
 
 
 def _rich_track(enabled: bool) -> Callable[..., Iterable[Any]]:
@@ -269,7 +324,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
             progress: bool | Callable[..., Iterable[Any]] = True, memory_budget_gb: float | None = None,
             accumulation: str = "auto", stream: bool = True, sigma_scale: float = 0.125,
             probability_dtype: str = "fp16", optimize: bool = True, backend: str = "auto",
-            int8_model: str | Path | None = None) -> Prediction:
+            int8_model: str | Path | None = None, stitch: str = "auto") -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
 
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
@@ -283,12 +338,15 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     convs as GEMMs, fused InstanceNorm+LeakyReLU; same weights). ``int8_model`` is the
     OpenVINO IR (``.xml``) of the same network quantised by ``inference.quantize`` (a
     bundle's ``int8_path``): ``precision="int8"`` runs it, ``"auto"`` does on CPUs with
-    VNNI/AMX unless the many-class rule (labels only, >= 32 classes) keeps PyTorch.
+    VNNI/AMX unless the many-class rule (labels only, >= 32 classes) keeps it off (the
+    quantised graph includes the head, so it would stitch all the logits).
+    ``stitch`` is ``auto|logits|features``: ``features`` stitches the channels in front of the
+    model's linear ``head`` and applies it per finalised slab (exact; ``auto`` does so when the
+    head has fewer inputs than classes, see ``feature_stitching``).
     """
     t0 = time.perf_counter()
     if output not in ("labels", "probabilities", "both"):
         raise InputError(f"output must be 'labels', 'probabilities' or 'both', got {output!r}")
-    accumulation = resolve_accumulation(accumulation, num_classes, output)
     if probability_dtype not in ("fp16", "fp32"):
         raise InputError(f"probability_dtype must be 'fp16' or 'fp32', got {probability_dtype!r}")
     vol = _as_tensor(image)
@@ -303,7 +361,11 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
                          "'medpipe models quantize BUNDLE OUT --calibration IMAGES'")
     plan = resolve_precision(precision, dev, int8_available=int8_model is not None and not many
                              and backend != "torch")
-    backend_name, backend_reason = resolve_backend(backend, plan, num_classes if output == "labels" else 0)
+    model = model.eval().to(dev)
+    head = _stitch_head(stitch, model, num_classes, plan)
+    channels = head.in_channels if head is not None else num_classes
+    backend_name, backend_reason = resolve_backend(backend, plan, channels if output == "labels" else 0)
+    accumulation = resolve_accumulation(accumulation, channels, output)
     flips = mirror_combinations(tta_axes)
     if any(not 0 <= a < 3 for a in tta_axes):
         raise InputError(f"tta_axes must be spatial axes 0, 1 or 2, got {tuple(tta_axes)}")
@@ -314,14 +376,14 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     depth = min(patch[-1], tiles.shape[-1]) if stream else tiles.shape[-1]
     mem = memory_plan(tiles.shape, patch, num_classes=num_classes, in_channels=vol.shape[0],
                       batch_size=batch_size, output=output, accumulation=accumulation, stream=stream,
-                      tta_passes=len(flips), probability_bytes=2 if probability_dtype == "fp16" else 4)
+                      tta_passes=len(flips), probability_bytes=2 if probability_dtype == "fp16" else 4,
+                      stitch_channels=head.in_channels if head is not None else None)
     _check_memory(mem, memory_budget_gb, f"a {num_classes}-class prediction on a {orig_shape} volume")
 
     if any(a or b for a, b in pads):
         flat = [v for a, b in reversed(pads) for v in (a, b)]
         vol = F.pad(vol, flat, mode="constant", value=0.0)
     vol = vol.to(dev)[None]
-    model = model.eval().to(dev)
     backend_facts: dict[str, Any] = {}
     # (group index, tile origins, last batch of its group?) in processing order
     batches = [(gi, origins[b0:b0 + batch_size], b0 + batch_size >= len(origins))
@@ -335,15 +397,18 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     elif backend_name == "openvino":  # the un-rewritten module: OpenVINO fuses on its own
         from medpipe.inference.openvino_backend import load_openvino_network
 
-        network = load_openvino_network(model, (batch_size, vol.shape[1], *patch), streams=streams)
+        network = load_openvino_network(FeatureExtractor(model) if head is not None else model,
+                                        (batch_size, vol.shape[1], *patch), streams=streams)
         backend_facts = {"openvino": network.facts}
     else:
         network = plan.prepare_model(optimize_for_inference(model) if optimize else model)
+        if head is not None:
+            network = network.forward_features
     gaussian = gaussian_importance_map(patch, sigma_scale, dev)
     acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
     try:
-        stitch = _Stitcher(tiles, num_classes, depth, acc_dtype, dev, output, gaussian,
-                           np.float16 if probability_dtype == "fp16" else np.float32)
+        stitcher = _Stitcher(tiles, num_classes, depth, acc_dtype, dev, output, gaussian,
+                             np.float16 if probability_dtype == "fp16" else np.float32, head)
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or _is_oom(exc):
             raise ResourceError(f"cannot allocate the stitching buffer ({mem['logit_buffer'] / 2**30:.1f} GiB); "
@@ -361,24 +426,25 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
 
     try:
         for (gi, chunk, group_done), logits in _forward_batches(network, inputs(), plan, flips):
-            if logits.shape[1] != num_classes or tuple(logits.shape[2:]) != patch:
-                raise InputError(f"the network returned logits of shape {tuple(logits.shape[1:])}, "
-                                 f"expected ({num_classes}, {', '.join(map(str, patch))})")
+            if logits.shape[1] != channels or tuple(logits.shape[2:]) != patch:
+                what = "features" if head is not None else "logits"
+                raise InputError(f"the network returned {what} of shape {tuple(logits.shape[1:])}, "
+                                 f"expected ({channels}, {', '.join(map(str, patch))})")
             for n, org in enumerate(chunk):
-                stitch.add(logits[n], org)
+                stitcher.add(logits[n], org)
             del logits
             if stream and group_done:
-                stitch.finalise(tiles.completed_before(gi))
+                stitcher.finalise(tiles.completed_before(gi))
     except RuntimeError as exc:
         if _is_oom(exc):
             raise ResourceError(f"the network ran out of memory on a batch of {batch_size} patch(es) of "
                                 f"{patch}; try a smaller --patch or batch size") from exc
         raise
-    stitch.finalise(tiles.shape[-1])
+    stitcher.finalise(tiles.shape[-1])
 
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, orig_shape, strict=True))
-    labels = np.ascontiguousarray(stitch.labels[crop]) if stitch.labels is not None else None
-    probs = np.ascontiguousarray(stitch.probs[(slice(None), *crop)]) if stitch.probs is not None else None
+    labels = np.ascontiguousarray(stitcher.labels[crop]) if stitcher.labels is not None else None
+    probs = np.ascontiguousarray(stitcher.probs[(slice(None), *crop)]) if stitcher.probs is not None else None
     facts = {
         "precision": plan.name,
         "precision_reason": plan.reason,
@@ -397,6 +463,8 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
         "padded_shape": list(tiles.shape),
         "streamed": stream,
         "slab_depth": depth,
+        "stitched": "features" if head is not None else "logits",
+        "stitched_channels": channels,
         "accumulation": accumulation,
         "peak_memory_bound_bytes": mem["total"],
         "stitching_buffer_bytes": mem["logit_buffer"] + mem["weight_buffer"],

@@ -133,21 +133,39 @@ class STUNet(nn.Module):
             [_CONV[spatial_dims](widths[-2 - u], num_classes, kernel_size=1) for u in range(num_pool)])
         self.apply(_init_he)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def _decode(self, x: torch.Tensor, heads: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder + decoder: the full-resolution features, and (``heads``) every
+        decoder stage's head output, deepest first."""
         skips = []
         for stage in self.conv_blocks_context[:-1]:
             x = stage(x)
             skips.append(x)
         x = self.conv_blocks_context[-1](x)
-        want_all = self.deep_supervision and self.training
         outputs = []
         for u, (up, dec) in enumerate(zip(self.upsample_layers, self.conv_blocks_localization, strict=True)):
             x = dec(torch.cat((up(x), skips[-(u + 1)]), dim=1))
-            if want_all or u == len(self.conv_blocks_localization) - 1:
+            if heads and u < len(self.conv_blocks_localization) - 1:
                 outputs.append(self.seg_outputs[u](x))
+        return x, outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        want_all = self.deep_supervision and self.training
+        features, outputs = self._decode(x, want_all)
+        outputs.append(self.head(features))
         if want_all:
             return outputs[::-1]  # full resolution first, as nnU-Net's deep-supervision loss expects
         return outputs[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The full-resolution decoder features in front of ``head`` (``widths[0]`` channels):
+        ``forward(x) == head(forward_features(x))`` in eval mode. Sliding-window inference
+        stitches these instead of the logits when there are more classes than features."""
+        return self._decode(x, False)[0]
+
+    @property
+    def head(self) -> nn.Module:
+        """The final 1x1 convolution (``seg_outputs[-1]``, the full-resolution head)."""
+        return self.seg_outputs[-1]
 
 
 def _init_he(module: nn.Module) -> None:

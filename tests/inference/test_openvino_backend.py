@@ -113,11 +113,11 @@ def test_backend_policy():
     assert resolve_backend("auto", cpu32)[0] == "openvino"
     assert resolve_backend("auto", resolve_precision("bf16", "cpu"))[0] == "torch"
     assert resolve_backend("torch", cpu32)[0] == "torch"
-    # many classes, labels only: stitching-bound, torch keeps the lower peak memory
-    assert resolve_backend("auto", cpu32, num_classes=8)[0] == "openvino"
-    backend, reason = resolve_backend("auto", cpu32, num_classes=105)
-    assert backend == "torch" and "105 classes" in reason
-    assert resolve_backend("openvino", cpu32, num_classes=105)[0] == "openvino"  # an explicit request wins
+    # many logits stitched, labels only: stitching-bound, torch keeps the lower peak memory
+    assert resolve_backend("auto", cpu32, stitched_channels=8)[0] == "openvino"
+    backend, reason = resolve_backend("auto", cpu32, stitched_channels=105)
+    assert backend == "torch" and "105 logits stitched" in reason
+    assert resolve_backend("openvino", cpu32, stitched_channels=105)[0] == "openvino"  # an explicit request wins
     with pytest.raises(InputError, match="backend must be"):
         resolve_backend("tensorrt", cpu32)
     with pytest.raises(InputError, match="fp32 on the CPU"):

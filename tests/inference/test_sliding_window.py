@@ -180,3 +180,75 @@ def test_bad_arguments_are_input_errors():
         predict(net, vol, (16, 16, 16), num_classes=3, progress=False)
     with pytest.raises(InputError, match="precision"):
         predict(net, vol, (16, 16, 16), num_classes=4, precision="int8", progress=False)
+
+
+class HeadNet(nn.Module):
+    """A trunk with 6 features and a 1x1 head to ``k`` classes, exposing both like STU-Net."""
+
+    def __init__(self, k: int = 12, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.trunk = tiny_net(k=6, seed=seed)
+        self.out = nn.Conv3d(6, k, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(self.trunk(x), 0.01)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def test_feature_stitching_equals_logit_stitching_and_the_dense_reference():
+    net, vol, patch = HeadNet(k=12).eval(), volume((30, 28, 44)), (16, 16, 24)
+    flips = [(), (1,)]
+    ref = dense_reference(net, vol, patch, flips=flips)
+    kw = dict(num_classes=12, precision="fp32", output="both", progress=False, probability_dtype="fp32",
+              backend="torch", tta_axes=(1,))
+    feats = predict(net, vol, patch, **kw)
+    logits = predict(net, vol, patch, stitch="logits", **kw)
+    assert feats.facts["stitched"] == "features" and feats.facts["stitched_channels"] == 6
+    assert logits.facts["stitched"] == "logits" and logits.facts["stitched_channels"] == 12
+    np.testing.assert_allclose(feats.probabilities, softmax(ref), atol=1e-5)
+    np.testing.assert_allclose(feats.probabilities, logits.probabilities, atol=1e-5)
+    top2 = np.sort(ref, 0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-5
+    assert np.array_equal(feats.labels[clear], ref.argmax(0)[clear])
+    # the ring holds 6 feature channels instead of 12 logits
+    ring = 30 * 28 * 24
+    assert feats.facts["stitching_buffer_bytes"] == 6 * ring * 4 + ring * 4
+    assert logits.facts["stitching_buffer_bytes"] == 12 * ring * 4 + ring * 4
+
+
+def test_feature_stitching_is_chosen_only_when_it_saves_memory():
+    vol, patch = volume((16, 16, 16)), (16, 16, 16)
+    few = predict(HeadNet(k=4).eval(), vol, patch, num_classes=4, progress=False, backend="torch")
+    many = predict(HeadNet(k=40).eval(), vol, patch, num_classes=40, progress=False, backend="torch")
+    assert few.facts["stitched"] == "logits"  # 6 features > 4 classes
+    assert many.facts["stitched"] == "features" and many.facts["accumulation"] == "fp32"  # 6 channels: fp32
+    forced = predict(HeadNet(k=4).eval(), vol, patch, num_classes=4, progress=False, backend="torch",
+                     stitch="features", output="probabilities", probability_dtype="fp32")
+    plain = predict(HeadNet(k=4).eval(), vol, patch, num_classes=4, progress=False, backend="torch",
+                    output="probabilities", probability_dtype="fp32")
+    np.testing.assert_allclose(forced.probabilities, plain.probabilities, atol=1e-5)
+
+
+def test_feature_stitching_errors_name_the_problem():
+    vol, patch = volume((16, 16, 16)), (16, 16, 16)
+    with pytest.raises(InputError, match="stitch='features' needs a network with forward_features"):
+        predict(tiny_net(), vol, patch, num_classes=4, progress=False, stitch="features")
+    with pytest.raises(InputError, match="head has 12 outputs, expected 5 classes"):
+        predict(HeadNet(k=12).eval(), vol, patch, num_classes=5, progress=False)
+    with pytest.raises(InputError, match="stitch must be one of"):
+        predict(tiny_net(), vol, patch, num_classes=4, progress=False, stitch="everything")
+
+
+def test_memory_plan_with_feature_stitching_for_a_105_class_stunet():
+    logits = memory_plan((256, 256, 256), (96, 96, 96), num_classes=105, accumulation="fp16")
+    feats = memory_plan((256, 256, 256), (96, 96, 96), num_classes=105, stitch_channels=16)
+    assert feats["logit_buffer"] == 16 * 256 * 256 * 96 * 4  # fp32 features, STU-Net-S width
+    assert feats["total"] < 0.5 * logits["total"]
+    assert feats["total"] < 0.1 * feats["dense_logit_buffer"]

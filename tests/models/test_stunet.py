@@ -115,6 +115,16 @@ def test_deep_supervision_only_in_training():
     assert net.input_shape_must_be_divisible_by == [32, 32, 16]
 
 
+def test_forward_features_and_head_compose_to_forward():
+    net = create_model("stunet_xs", in_channels=1, num_classes=7, deep_supervision=True).eval()
+    x = torch.randn(1, 1, 32, 32, 64)
+    with torch.no_grad():
+        feats = net.forward_features(x)
+        assert feats.shape == (1, 8, 32, 32, 64)  # widths[0] channels at full resolution
+        torch.testing.assert_close(net.head(feats), net(x))
+    assert net.head is net.seg_outputs[-1] and net.head.kernel_size == (1, 1, 1)
+
+
 def test_2d_variant():
     net = STUNet(3, 4, widths=(8, 16, 32), depth=[1, 1, 1], spatial_dims=2).eval()
     with torch.no_grad():

@@ -48,6 +48,8 @@ class _SegmentParams(StageParams):
     batch_size: int | None = Field(None, ge=1)
     accumulation: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 for >= 32 classes (labels only)
     backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPU in fp32 when installed
+    # auto: stitch the features in front of a linear head when it has fewer inputs than classes (exact)
+    stitch: Literal["auto", "logits", "features"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)
 
 
@@ -83,7 +85,7 @@ class Segment(Stage):
                          tta_axes=tta_axes, precision=p.precision, batch_size=p.batch_size,
                          output="both" if self._with_probabilities else "labels", device=ctx.device,
                          progress=ctx.track, memory_budget_gb=p.memory_budget_gb, accumulation=p.accumulation,
-                         backend=p.backend, int8_model=bundle.int8_path)
+                         backend=p.backend, int8_model=bundle.int8_path, stitch=p.stitch)
         labels = image.with_array(result.labels[None], is_label=True)
         labels.meta.extra["labels"] = {int(k): v.name for k, v in cfg.labels.items()}
         labels.meta.extra["colors"] = {int(k): list(v.color) for k, v in cfg.labels.items()}
