@@ -13,10 +13,11 @@ One process, same STU-Net-S, same fitted weights, same 160^3 input, same patch, 
 
 plus per-patch network time per backend, achieved TFLOP/s against the measured peak of
 one big convolution (bf16 and fp32 in PyTorch, fp32 and int8 in OpenVINO), and peak memory
-of a 105-class STU-Net-XS on 256^3, each variant in its own subprocess (VmHWM).
+of a 105-class STU-Net-XS on 256^3, each variant in its own subprocess (VmHWM), including
+medpipe stitching logits instead of features (`stitch="logits"`).
 
 Usage:
-    .venv/bin/python benchmarks/sliding_window.py            # full run (~30 min on 2 cores)
+    .venv/bin/python benchmarks/sliding_window.py            # full run (~25 min on 2 cores)
     .venv/bin/python benchmarks/sliding_window.py --quick    # smaller, for a smoke test (not recorded;
                                                              # the int8 gate is off: 3 fit steps)
 """

@@ -20,8 +20,8 @@ mode was slower and less accurate there, so reduced precision stays on PyTorch.
 int8: a bundle can carry an int8 OpenVINO model made by ``medpipe models quantize``
 (``inference.quantize``), which is accepted only when it agreed with the fp32 network on
 >= 99.5 % of voxels. ``auto`` runs it on CPUs with int8 dot-product units (VNNI or
-AMX-INT8): ~2.7x faster than OpenVINO fp32 per STU-Net-S patch on the benchmark machine in
-development runs (not yet recorded by benchmarks/sliding_window.py, whose run stops at the gate).
+AMX-INT8): ~2.3x faster than OpenVINO fp32 per STU-Net-S patch on the benchmark machine
+(benchmarks/RESULTS.md, "Sliding-window inference").
 int8 always runs through OpenVINO.
 """
 
