@@ -30,35 +30,39 @@ for _name in _COMMAND_MODULES:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (also used by the console script)."""
+    """Run the CLI; returns the exit code (also used by the console script).
+
+    Typer runs in standalone mode, so usage errors (a missing argument, an unknown option, a
+    bad value) get Typer's own usage message and exit code 2 whatever parser Typer bundles
+    (0.29 vendors click as a private module; importing ``click`` here once broke every
+    usage error). Commands report their status with ``typer.Exit(code)``.
+    """
     from medpipe.errors import MedpipeError
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rc = app(args=args, prog_name="medpipe", standalone_mode=False)
+        app(args=args, prog_name="medpipe", standalone_mode=True)
     except MedpipeError as exc:
         if os.environ.get("MEDPIPE_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except SystemExit as exc:  # typer.Exit / --help
-        return int(exc.code or 0)
+    except SystemExit as exc:  # standalone mode always ends in sys.exit (usage errors: 2)
+        return _exit_status(exc.code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
+    return 0
 
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
-    # With standalone_mode=False click returns typer.Exit codes (and a command's int return).
-    return rc if isinstance(rc, int) else 0
+
+def _exit_status(code: object) -> int:
+    """``SystemExit.code`` as a process status: None is success, a message is failure."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

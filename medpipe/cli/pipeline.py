@@ -20,7 +20,7 @@ def run_command(
     target: list[str] = typer.Option([], "--target", help="Run only what this stage[.output] needs (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the stages in order and the studies, run nothing."),
     force: bool = typer.Option(False, "--force", help="Re-run every stage even if its cached result is valid."),
-) -> int:
+) -> None:
     """Run PIPELINE on INPUT; cached stages are reused and crashed runs resume."""
     from medpipe.errors import InputError
     from medpipe.pipeline.discover import discover_studies
@@ -44,7 +44,7 @@ def run_command(
         console.print(f"studies ({len(studies)}) -> {out}/<study>/:", markup=False)
         for name, path in studies:
             console.print(f"  {name}: {path}", markup=False)
-        return 0
+        return
 
     from medpipe.cli._run_display import RunDisplay
     from medpipe.pipeline.batch import run_studies
@@ -53,7 +53,8 @@ def run_command(
         results = run_studies(spec, studies, out, jobs=jobs, device=device, force=force,
                               targets=targets or None, on_event=display.on_event)
     display.summary(results)
-    return 0 if all(r.ok for r in results) else 1
+    if not all(r.ok for r in results):
+        raise typer.Exit(code=1)  # the summary above names each failed study and stage
 
 
 @app.command("pipelines")
