@@ -25,14 +25,19 @@ def phantoms(
     cases: int = typer.Option(10, "--cases", "-n", help="Number of training cases."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes the same dataset."),
     modality: str = typer.Option("ct", "--modality", help="ct (abdomen organs) or mr (brain tissues)."),
+    shape: str = typer.Option("", "--shape", help="Voxels per case as I,J,K (default: the modality's)."),
+    spacing: str = typer.Option("", "--spacing", help="Voxel size in mm as I,J,K, jittered +-10 %% per case."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIR if it exists."),
 ) -> None:
     """Write a varied phantom dataset: dataset.json, imagesTr/, labelsTr/, preview.png."""
     from rich.console import Console
 
+    from medpipe.cli._parse import floats, ints
     from medpipe.data.nnunet_dataset import write_phantom_dataset
 
-    info = write_phantom_dataset(out, cases, seed=seed, modality=modality, overwrite=overwrite)
+    info = write_phantom_dataset(out, cases, seed=seed, modality=modality, overwrite=overwrite,
+                                 shape=tuple(ints(shape, "--shape")) if shape else None,
+                                 spacing=tuple(floats(spacing, "--spacing", 3)) if spacing else None)
     labels = ", ".join(k for k in info["dataset_json"]["labels"] if k != "background")
     Console().print(f"wrote {len(info['cases'])} cases to [bold]{out}[/] (labels: {labels}); preview: {out / 'preview.png'}")
 

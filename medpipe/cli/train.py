@@ -15,34 +15,6 @@ import typer
 from medpipe.cli.app import app
 
 
-def _ints(text: str | None, what: str, n: int = 3) -> list[int] | None:
-    from medpipe.errors import InputError
-
-    if not text:
-        return None
-    try:
-        vals = [int(t) for t in text.split(",")]
-    except ValueError as exc:
-        raise InputError(f"{what} must be {n} comma-separated integers such as 64,64,64, got {text!r}") from exc
-    if len(vals) == 1:
-        vals = vals * n
-    if len(vals) != n:
-        raise InputError(f"{what} must have {n} values, got {text!r}")
-    return vals
-
-
-def _floats(text: str | None, what: str) -> list[float] | None:
-    from medpipe.errors import InputError
-
-    if not text:
-        return None
-    try:
-        vals = [float(t) for t in text.split(",")]
-    except ValueError as exc:
-        raise InputError(f"{what} must be comma-separated numbers such as 2.5,2.5,2.5, got {text!r}") from exc
-    return vals * 3 if len(vals) == 1 else vals
-
-
 @app.command()
 def train(
     dataset: Path = typer.Argument(..., help="nnU-Net v2 dataset folder (dataset.json, imagesTr, labelsTr) or a CSV of image,label."),
@@ -65,13 +37,14 @@ def train(
     """Plan, preprocess, train with validation, evaluate held-out cases and save the bundle."""
     from rich.console import Console
 
+    from medpipe.cli._parse import floats, ints
     from medpipe.training.config import load_train_config
     from medpipe.training.trainer import train as run_training
 
     overrides = {
         "model": model.replace("-", "_").lower() if model else None, "epochs": epochs,
-        "iters_per_epoch": iters_per_epoch, "patch_size": _ints(patch, "--patch"),
-        "spacing": _floats(spacing, "--spacing"), "batch_size": batch_size, "fold": fold,
+        "iters_per_epoch": iters_per_epoch, "patch_size": ints(patch, "--patch"),
+        "spacing": floats(spacing, "--spacing"), "batch_size": batch_size, "fold": fold,
         "optimizer": optimizer, "lr": lr, "precision": precision,
     }
     cfg = load_train_config(config, overrides)

@@ -20,8 +20,9 @@ from medpipe.io.atomic import atomic_dir, atomic_path
 
 __all__ = ["write_example_study", "EXAMPLE_CT_SHAPE", "EXAMPLE_CT_SPACING", "coronal_reformat"]
 
-EXAMPLE_CT_SHAPE = (128, 128, 96)
-EXAMPLE_CT_SPACING = (1.2, 1.2, 2.0)
+# A whole adult abdomen (384 x 384 x 312 mm) at 3 mm voxels keeps the demo small and fast.
+EXAMPLE_CT_SHAPE = (128, 128, 104)
+EXAMPLE_CT_SPACING = (3.0, 3.0, 3.0)
 PATIENT_ID = "PHANTOM001"
 PATIENT_NAME = "Phantom^Abdomen"
 
@@ -99,7 +100,7 @@ def write_example_study(folder: str | Path, seed: int = 0, overwrite: bool = Fal
     folder = Path(folder)
     ct, labels = ct_phantom(EXAMPLE_CT_SHAPE, EXAMPLE_CT_SPACING, seed=seed)
     ct = ct.with_array(np.round(ct.array))  # scanners store integer HU
-    ct.meta.description = "CT ABDOMEN 2.0mm"
+    ct.meta.description = "CT ABDOMEN 3.0mm"
     coronal = coronal_reformat(ct)
     study_uid = _uid("study", PATIENT_ID, seed)
     for_uid = _uid("frame-of-reference", study_uid, seed)

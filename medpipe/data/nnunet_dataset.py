@@ -24,7 +24,7 @@ from medpipe.io.atomic import atomic_dir
 __all__ = ["write_phantom_dataset", "flip_axes", "PHANTOM_MODALITIES"]
 
 PHANTOM_MODALITIES = {
-    "ct": {"make": ct_phantom, "labels": CT_LABELS, "channel": "CT", "shape": (96, 96, 80), "spacing": (1.5, 1.5, 2.0)},
+    "ct": {"make": ct_phantom, "labels": CT_LABELS, "channel": "CT", "shape": (136, 112, 104), "spacing": (3.0, 3.0, 3.0)},
     "mr": {"make": mr_brain_phantom, "labels": MR_LABELS, "channel": "T1", "shape": (64, 64, 48), "spacing": (1.0, 1.0, 1.5)},
 }  # fmt: skip
 
@@ -40,10 +40,11 @@ def flip_axes(image: Image, axes: tuple[int, ...]) -> Image:
     return image.with_geometry(np.ascontiguousarray(arr), aff)
 
 
-def _case(modality: str, index: int, seed: int, shape: tuple[int, int, int] | None) -> tuple[Image, Image]:
+def _case(modality: str, index: int, seed: int, shape: tuple[int, int, int] | None,
+          spacing: tuple[float, float, float] | None = None) -> tuple[Image, Image]:
     spec = PHANTOM_MODALITIES[modality]
     rng = np.random.default_rng([seed, index, 5])
-    spacing = tuple(float(f"{s * rng.uniform(0.9, 1.1):.3f}") for s in spec["spacing"])
+    spacing = tuple(float(f"{s * rng.uniform(0.9, 1.1):.3f}") for s in (spacing or spec["spacing"]))
     img, seg = spec["make"](shape or spec["shape"], spacing, seed=seed * 100_003 + index, vary=True)
     if index % 2 == 1:  # every other case stored RAS instead of LPS
         img, seg = flip_axes(img, (0, 1)), flip_axes(seg, (0, 1))
@@ -57,11 +58,15 @@ def write_phantom_dataset(
     seed: int = 0,
     modality: str = "ct",
     shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     preview: bool = True,
 ) -> dict[str, Any]:
-    """Write ``cases`` varied phantom cases + dataset.json into ``folder`` (atomically)."""
+    """Write ``cases`` varied phantom cases + dataset.json into ``folder`` (atomically).
+
+    ``shape`` and ``spacing`` (mm, jittered +-10 % per case) default to the modality's; the CT
+    anatomy has physical sizes, so their product is the field of view."""
     from medpipe.io.volumes import write_volume
 
     modality = modality.lower()
@@ -86,7 +91,7 @@ def write_phantom_dataset(
         task = bar.add_task(f"writing {cases} {modality.upper()} phantom cases", total=cases) if bar else None
         first: list[tuple[Image, Image]] = []
         for i, case_id in enumerate(case_ids):
-            img, seg = _case(modality, i, seed, shape)
+            img, seg = _case(modality, i, seed, shape, spacing)
             write_volume(img, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
             write_volume(seg, tmp / "labelsTr" / f"{case_id}.nii.gz")
             if len(first) < 4:

@@ -26,7 +26,8 @@ import numpy as np
 from medpipe.errors import InputError
 from medpipe.image import Image, ImageMeta
 
-__all__ = ["CT_LABELS", "CT_COLORS", "MR_LABELS", "MR_COLORS", "ct_phantom", "mr_brain_phantom", "default_affine"]
+__all__ = ["CT_LABELS", "CT_COLORS", "MR_LABELS", "MR_COLORS", "ct_phantom", "mr_brain_phantom", "default_affine",
+           "CT_REFERENCE_HALF_FOV_MM"]
 
 CT_LABELS: dict[int, str] = {
     1: "liver",
@@ -52,6 +53,11 @@ CT_COLORS: dict[int, tuple[int, int, int]] = {
 MR_LABELS: dict[int, str] = {1: "white_matter", 2: "grey_matter", 3: "csf"}
 MR_COLORS: dict[int, tuple[int, int, int]] = {1: (245, 245, 245), 2: (160, 160, 160), 3: (80, 160, 220)}
 
+# The CT anatomy is laid out in a normalised frame whose unit is this many millimetres per
+# axis (I, J, K): the body is 0.88 x 0.68 of it in-plane (an adult abdomen of about
+# 335 x 260 mm) and the organs sit inside with adult sizes, whatever grid samples them.
+CT_REFERENCE_HALF_FOV_MM = (190.0, 190.0, 160.0)
+
 # Paint order: later organs win where shapes touch, so the label map never overlaps.
 _CT_PAINT_ORDER = (1, 2, 5, 8, 3, 4, 6, 7)
 
@@ -74,9 +80,23 @@ def _check_shape(shape: tuple[int, ...], spacing: tuple[float, ...], minimum: in
 
 
 # ------------------------------------------------------------------------- geometry helpers
-def _axes(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised voxel-centre coordinates in [-1, 1] per axis, broadcastable to the grid."""
-    u, v, w = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape)
+def _coords(shape: tuple[int, int, int], spacing: tuple[float, float, float] | None = None) -> tuple[np.ndarray, ...]:
+    """Voxel-centre coordinates per axis, 1D and increasing.
+
+    Without ``spacing`` they span [-1, 1] over the array (the anatomy scales with the grid,
+    as the MR head phantom wants); with it they are millimetres from the array centre
+    divided by ``CT_REFERENCE_HALF_FOV_MM``, so the anatomy has a fixed physical size and
+    the grid is a window onto it.
+    """
+    if spacing is None:
+        return tuple(np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape)
+    return tuple(((np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * sp / half).astype(np.float32)
+                 for n, sp, half in zip(shape, spacing, CT_REFERENCE_HALF_FOV_MM, strict=True))
+
+
+def _axes(coords: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-axis coordinates, broadcastable to the grid."""
+    u, v, w = coords
     return u[:, None, None], v[None, :, None], w[None, None, :]
 
 
@@ -111,15 +131,15 @@ class _Blob:
         self.phases = rng.uniform(0, 2 * np.pi, size=(3, 2))
         return self
 
-    def field(self, shape: tuple[int, int, int]) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    def field(self, coords: tuple[np.ndarray, ...]) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         """Bounding-box slices and the squared normalised radius inside them (<= 1 is inside)."""
         reach = max(self.radii) * (1.0 + 2 * self.amp) + 0.02
         sl = []
-        for c, n in zip(self.center, shape, strict=True):
-            lo = int(np.floor((c - reach + 1.0) / 2.0 * (n - 1)))
-            hi = int(np.ceil((c + reach + 1.0) / 2.0 * (n - 1))) + 1
-            sl.append(slice(max(lo, 0), min(max(hi, 0), n)))
-        u, v, w = (np.linspace(-1.0, 1.0, n, dtype=np.float32)[s] for n, s in zip(shape, sl, strict=True))
+        for c, axis in zip(self.center, coords, strict=True):
+            lo = int(np.searchsorted(axis, c - reach, side="left"))
+            hi = int(np.searchsorted(axis, c + reach, side="right"))
+            sl.append(slice(max(lo - 1, 0), min(hi + 1, axis.size)))
+        u, v, w = (axis[s] for axis, s in zip(coords, sl, strict=True))
         x = u[:, None, None] - np.float32(self.center[0])
         y = v[None, :, None] - np.float32(self.center[1])
         z = w[None, None, :] - np.float32(self.center[2])
@@ -156,7 +176,7 @@ def _ct_organs(vr: np.random.Generator | None) -> dict[int, _Blob]:
         return _Blob(c, r, _jitter(vr, angle, 0.15), _scale(vr, amp, 0.3))
 
     return {
-        1: blob((-0.36, 0.0, 0.32), (0.40, 0.42, 0.62), angle=0.2, amp=0.16),
+        1: blob((-0.36, 0.0, 0.32), (0.345, 0.36, 0.53), angle=0.2, amp=0.16),  # ~1.5 l
         2: blob((0.52, 0.26, 0.40), (0.16, 0.20, 0.26), angle=-0.5, amp=0.14),
         3: blob((-0.34, 0.34, -0.24), (0.12, 0.15, 0.30), angle=0.3, amp=0.08),
         4: blob((0.34, 0.34, -0.14), (0.12, 0.15, 0.30), angle=-0.3, amp=0.08),
@@ -166,14 +186,19 @@ def _ct_organs(vr: np.random.Generator | None) -> dict[int, _Blob]:
 
 
 def ct_phantom(
-    shape: tuple[int, int, int] = (96, 96, 80),
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0),
+    shape: tuple[int, int, int] = (128, 112, 104),
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0),
     seed: int = 0,
     *,
     affine: np.ndarray | None = None,
     vary: bool = False,
 ) -> tuple[Image, Image]:
     """An abdomen-like CT (float32 HU) and its organ label map (uint8, ``CT_LABELS``).
+
+    The anatomy has adult physical sizes (body about 335 x 260 mm, liver about 1.5 l) centred
+    on the array, so ``shape`` x ``spacing`` is the field of view: the default 384 x 336 x
+    312 mm holds the whole abdomen; a smaller grid shows the middle of it. Choose the voxel
+    size, not the shape, to make a small volume of the whole body.
 
     ``seed`` always drives the noise; with ``vary=True`` it also draws body size, organ
     positions, sizes and shapes and the noise level (for training sets).
@@ -182,7 +207,8 @@ def ct_phantom(
     vr = np.random.default_rng([seed, 7]) if vary else None
     shape_rng = np.random.default_rng([seed, 11]) if vary else np.random.default_rng(20240601)
     noise_rng = np.random.default_rng([seed, 13])
-    u, v, w = _axes(shape)
+    coords = _coords(shape, spacing)
+    u, v, w = _axes(coords)
 
     # Body: an elliptic cylinder whose size drifts a little along K; fat rim, muscle wall.
     ax = _scale(vr, 0.88, 0.06) * (1.0 + 0.04 * np.cos(1.3 * w))
@@ -211,10 +237,10 @@ def ct_phantom(
     for lab in _CT_PAINT_ORDER:
         if lab in blobs:
             blob = blobs[lab].draw(shape_rng)
-            sl, r2 = blob.field(shape)
+            sl, r2 = blob.field(coords)
             inside = (r2 <= 1.0) & interior[sl]
             labels[sl][inside] = lab
-            organ_hu[sl][inside] = _organ_hu(lab, r2, blob, sl, shape)[inside]
+            organ_hu[sl][inside] = _organ_hu(lab, r2, blob, coords[1][sl[1]])[inside]
         elif lab == 6:
             _paint_aorta(labels, organ_hu, interior, u, v, vr)
         elif lab == 7:
@@ -238,7 +264,7 @@ def ct_phantom(
     return Image(hu[None], aff, ct_meta), Image(labels[None], aff.copy(), seg_meta, is_label=True)
 
 
-def _organ_hu(lab: int, r2: np.ndarray, blob: _Blob, sl, shape) -> np.ndarray:
+def _organ_hu(lab: int, r2: np.ndarray, blob: _Blob, v_coords: np.ndarray) -> np.ndarray:
     """Hounsfield units inside an organ (with internal structure where the organ has one)."""
     base = {1: 60.0, 2: 50.0, 3: 150.0, 4: 150.0, 5: 40.0, 8: 45.0}[lab]
     out = np.full(r2.shape, base, np.float32)
@@ -246,7 +272,7 @@ def _organ_hu(lab: int, r2: np.ndarray, blob: _Blob, sl, shape) -> np.ndarray:
         out[r2 < 0.45] = 105.0
         out[r2 < 0.12] = 15.0
     elif lab == 5:  # wall, then fluid below and gas above (supine: anterior is up)
-        v = np.linspace(-1.0, 1.0, shape[1], dtype=np.float32)[sl[1]][None, :, None]
+        v = v_coords[None, :, None]
         lumen = r2 < 0.7
         gas = lumen & (v < blob.center[1] - 0.25 * blob.radii[1])
         out[lumen] = 15.0
@@ -255,7 +281,7 @@ def _organ_hu(lab: int, r2: np.ndarray, blob: _Blob, sl, shape) -> np.ndarray:
 
 
 def _paint_aorta(labels, organ_hu, interior, u, v, vr) -> None:
-    cu, cv, rad = _jitter(vr, 0.07, 0.03), _jitter(vr, 0.16, 0.02), _scale(vr, 0.085, 0.15)
+    cu, cv, rad = _jitter(vr, 0.07, 0.03), _jitter(vr, 0.16, 0.02), _scale(vr, 0.06, 0.15)  # ~23 mm across
     tube = ((u - cu) ** 2 + (v - cv) ** 2 <= rad**2) & interior
     labels[tube] = 6
     organ_hu[tube] = 200.0  # arterial contrast
@@ -263,8 +289,8 @@ def _paint_aorta(labels, organ_hu, interior, u, v, vr) -> None:
 
 def _paint_vertebrae(labels, organ_hu, body, hu, u, v, w, vr) -> None:
     """Vertebral bodies + spinous processes in a column, intervertebral discs unlabelled."""
-    cv, rad = _jitter(vr, 0.40, 0.02), _scale(vr, 0.13, 0.1)
-    period, phase = _scale(vr, 0.42, 0.1), _jitter(vr, 0.0, 0.2)
+    cv, rad = _jitter(vr, 0.40, 0.02), _scale(vr, 0.12, 0.1)  # lumbar bodies ~45 mm across
+    period, phase = _scale(vr, 0.23, 0.1), _jitter(vr, 0.0, 0.2)  # ~37 mm per level (bone + disc)
     in_level = np.abs(((w - phase) / period) % 1.0 - 0.5) < 0.39  # bone; the rest is disc
     dist = np.sqrt(u**2 + ((v - cv) / 1.1) ** 2)
     column = dist <= rad
@@ -296,10 +322,11 @@ def mr_brain_phantom(
     shape, spacing = _check_shape(shape, spacing, 8)
     vr = np.random.default_rng([seed, 7]) if vary else None
     noise_rng = np.random.default_rng([seed, 13])
-    u, v, w = _axes(shape)
+    coords = _coords(shape)
+    u, v, w = _axes(coords)
     head = _Blob((0.0, _jitter(vr, 0.0, 0.03), -0.05), (_scale(vr, 0.74, 0.06), _scale(vr, 0.9, 0.05), 0.86), amp=0.03)
     head.draw(np.random.default_rng([seed, 11]) if vary else np.random.default_rng(7))
-    sl, r2 = head.field(shape)
+    sl, r2 = head.field(coords)
     r = np.full(shape, 9.0, np.float32)
     r[sl] = np.sqrt(r2)
 

@@ -10,7 +10,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from medpipe.data.dicom_writer import dicom_rescale, write_dicom_series, write_dicom_study
-from medpipe.data.example_study import EXAMPLE_CT_SHAPE
+from medpipe.data.example_study import EXAMPLE_CT_SHAPE, EXAMPLE_CT_SPACING
 from medpipe.data.phantoms import ct_phantom, mr_brain_phantom
 from medpipe.errors import GeometryError, InputError
 from medpipe.image import Image
@@ -218,7 +218,7 @@ def test_example_study(tmp_path):
     assert {s["role"] for s in info["series"]} == {"axial", "coronal", "report"}
     axial = next(s for s in info["series"] if s["role"] == "axial")
     assert len(axial["files"]) == EXAMPLE_CT_SHAPE[2] and all(f.exists() for f in axial["files"])
-    ct, _ = ct_phantom(EXAMPLE_CT_SHAPE, (1.2, 1.2, 2.0), seed=0)
+    ct, _ = ct_phantom(EXAMPLE_CT_SHAPE, EXAMPLE_CT_SPACING, seed=0)
     back = _read_sitk(axial["files"][0].parent)
     np.testing.assert_allclose(back.affine, ct.affine, atol=1e-4)
     np.testing.assert_array_equal(back.array, np.round(ct.array))

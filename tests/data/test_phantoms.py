@@ -8,7 +8,7 @@ import pytest
 from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_LABELS, ct_phantom, mr_brain_phantom
 from medpipe.errors import InputError
 
-SMALL_CT = dict(shape=(64, 64, 48), spacing=(2.0, 2.0, 3.0))
+SMALL_CT = dict(shape=(96, 84, 80), spacing=(4.0, 4.0, 4.0))  # the whole abdomen at 4 mm voxels
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,41 @@ def test_all_organs_present_with_plausible_volumes(ct_pair):
     assert vols["liver"] > 3 * vols["spleen"]
     assert 0.5 < vols["kidney_right"] / vols["kidney_left"] < 2.0
     assert set(np.unique(seg.array)) == {0, *CT_LABELS}
+
+
+# Adult reference ranges (CT volumetry and anatomy texts): the phantom must stay inside them
+# whatever grid samples it, because its anatomy has physical sizes.
+ADULT_ML = {"liver": (1000, 2500), "spleen": (100, 400), "kidney_right": (90, 250), "kidney_left": (90, 250),
+            "stomach": (100, 1000), "pancreas": (40, 120)}
+
+
+@pytest.mark.parametrize("grid", [((128, 112, 104), (3.0, 3.0, 3.0)), ((80, 72, 64), (5.0, 4.5, 5.0))],
+                         ids=["3mm", "5mm"])
+def test_organs_have_adult_sizes_at_any_grid(grid):
+    shape, spacing = grid
+    for seed in (0, 3, 7):
+        img, seg = ct_phantom(shape, spacing, seed=seed, vary=seed > 0)
+        lab = seg.array[0]
+        ml = np.bincount(lab.ravel(), minlength=9) * np.prod(spacing) / 1000.0
+        for k, name in CT_LABELS.items():
+            if name in ADULT_ML:
+                lo, hi = ADULT_ML[name]
+                assert lo <= ml[k] <= hi, (grid, seed, name, ml[k])
+        body = img.array[0, :, :, shape[2] // 2] > -500
+        width = np.ptp(np.flatnonzero(body.any(axis=1))) * spacing[0]
+        depth = np.ptp(np.flatnonzero(body.any(axis=0))) * spacing[1]
+        assert 290 <= width <= 380 and 210 <= depth <= 300, (width, depth)  # an adult abdomen, about 335 x 260 mm
+        aorta_mm2 = (lab == 6).sum(axis=(0, 1)).max() * spacing[0] * spacing[1]
+        assert 15 <= 2 * np.sqrt(aorta_mm2 / np.pi) <= 30  # abdominal aorta diameter
+
+
+def test_same_anatomy_at_two_grids():
+    """Volumes agree across grids (within partial-volume error), unlike an array-relative layout."""
+    fine = ct_phantom((128, 112, 104), (3.0, 3.0, 3.0), seed=2, vary=True)[1].array[0]
+    coarse = ct_phantom((64, 56, 52), (6.0, 6.0, 6.0), seed=2, vary=True)[1].array[0]
+    ml_fine = np.bincount(fine.ravel(), minlength=9)[1:] * 0.027
+    ml_coarse = np.bincount(coarse.ravel(), minlength=9)[1:] * 0.216
+    np.testing.assert_allclose(ml_coarse[[0, 1, 2, 3, 4]], ml_fine[[0, 1, 2, 3, 4]], rtol=0.12)
 
 
 def test_labels_lie_inside_the_body(ct_pair):

@@ -96,12 +96,14 @@ def _rot(deg_x: float, deg_y: float) -> np.ndarray:
 
 
 VARIANTS = {
-    # name: (shape, spacing, 3x3 direction)
-    "lps": ((40, 40, 24), (1.0, 1.0, 2.0), np.diag([-1.0, -1.0, 1.0])),
-    "ras": ((40, 40, 24), (1.0, 1.0, 2.0), np.eye(3)),
-    "oblique": ((40, 40, 24), (1.0, 1.0, 2.0), _rot(14.0, -8.0) @ np.diag([-1.0, -1.0, 1.0])),
-    "anisotropic": ((48, 48, 12), (0.8, 0.8, 4.0), np.diag([-1.0, -1.0, 1.0])),
+    # name: (shape, spacing, 3x3 direction); coarse voxels so the small grids hold the whole
+    # (adult-sized) phantom abdomen
+    "lps": ((40, 40, 24), (9.5, 9.5, 13.0), np.diag([-1.0, -1.0, 1.0])),
+    "ras": ((40, 40, 24), (9.5, 9.5, 13.0), np.eye(3)),
+    "oblique": ((40, 40, 24), (9.5, 9.5, 13.0), _rot(14.0, -8.0) @ np.diag([-1.0, -1.0, 1.0])),
+    "anisotropic": ((48, 48, 12), (8.0, 8.0, 26.0), np.diag([-1.0, -1.0, 1.0])),
 }
+FINER_MM = 5.7  # the resampling variant's spacing (1.7x finer in-plane)
 
 
 def _study(tmp_path: Path, variant: str) -> tuple[Path, Image]:
@@ -164,7 +166,7 @@ def test_reorient_crop_pipeline_output_overlays_the_dicom_exactly(tmp_path: Path
 @pytest.mark.parametrize("variant", ["oblique", "anisotropic", "ras"])
 def test_resampling_pipeline_output_is_on_the_dicom_grid(tmp_path: Path, variant: str) -> None:
     study, dicom_img = _study(tmp_path, variant)
-    out = _run(tmp_path, study, resample=0.6)
+    out = _run(tmp_path, study, resample=FINER_MM)
     mask = _check_outputs(out, dicom_img, study)
     truth = dicom_img.array[0] > BONE_HU
     # Thresholding an interpolated image is not the same as thresholding the original,
@@ -177,7 +179,7 @@ def test_resampling_pipeline_output_is_on_the_dicom_grid(tmp_path: Path, variant
 
 def test_write_refuses_labels_off_the_input_grid(tmp_path: Path) -> None:
     study, _ = _study(tmp_path, "lps")
-    text = _pipeline(1.5).replace("labels: restore.labels, source", "labels: seg.labels, source")
+    text = _pipeline(FINER_MM * 2).replace("labels: restore.labels, source", "labels: seg.labels, source")
     res = run_pipeline(parse_pipeline(text), study, tmp_path / "runs")
     assert not res.ok and res.failed_stage == "write"
     assert "restore_geometry" in (res.error or "")

@@ -174,7 +174,7 @@ def test_load_study_reads_nifti_dicom_folder_and_zip(tmp_path: Path) -> None:
 def test_dicom_seg_from_a_zipped_study(tmp_path: Path) -> None:
     import highdicom as hd
 
-    ct, lab = ct_phantom((32, 32, 10), (1.0, 1.0, 2.5), seed=2)
+    ct, lab = ct_phantom((32, 32, 10), (12.0, 12.0, 30.0), seed=2)  # the whole abdomen: every organ
     folder = tmp_path / "dcm"
     write_dicom_series(ct, folder, seed=2)
     zpath = tmp_path / "study.zip"
@@ -222,7 +222,7 @@ def test_dicom_seg_for_a_multiframe_source_and_geometry_refusal(tmp_path: Path) 
 
     from medpipe.io.dicom_seg import write_dicom_seg
 
-    ct, lab = ct_phantom((32, 28, 10), (1.0, 1.2, 2.5), seed=5)
+    ct, lab = ct_phantom((32, 28, 10), (12.0, 13.5, 30.0), seed=5)  # the whole abdomen: every organ
     folder = tmp_path / "mf"
     write_dicom_series(ct, folder, multiframe=True, seed=5)
     loaded, _ = _run("load_study", {}, {"study": folder}, tmp_path)

@@ -1,4 +1,5 @@
-"""A tiny nnU-Net-format phantom dataset (4 cases, 32^3) shared by the training tests."""
+"""A tiny nnU-Net-format phantom dataset (4 cases, 32^3 at ~12 mm: the whole adult-sized
+phantom abdomen) shared by the training tests."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import shutil
 
 import pytest
 
+TINY_SPACING = (12.0, 12.0, 10.0)
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset_master(tmp_path_factory):
     from medpipe.data.nnunet_dataset import write_phantom_dataset
 
     folder = tmp_path_factory.mktemp("ds") / "Dataset900_Tiny"
-    write_phantom_dataset(folder, 4, seed=1, modality="ct", shape=(32, 32, 32), progress=False, preview=False)
+    write_phantom_dataset(folder, 4, seed=1, modality="ct", shape=(32, 32, 32), spacing=TINY_SPACING,
+                          progress=False, preview=False)
     return folder
 
 

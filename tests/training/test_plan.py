@@ -59,8 +59,8 @@ def test_fingerprint_of_phantoms(tiny_dataset):
     ds = open_dataset(tiny_dataset)
     fp = compute_fingerprint(ds)
     assert fp.n_cases == 4 and all(s == [32, 32, 32] for s in fp.shapes)
-    # phantom spacings are ~1.5x1.5x2 mm with +-10 % jitter
-    assert all(1.3 < s[0] < 1.7 and 1.7 < s[2] < 2.3 for s in fp.spacings)
+    # the tiny phantoms' spacings are ~12x12x10 mm with +-10 % jitter
+    assert all(10.7 < s[0] < 13.3 and 8.9 < s[2] < 11.1 for s in fp.spacings)
     it = fp.intensity
     assert it["percentile_00_5"] < it["mean"] < it["percentile_99_5"] and it["std"] > 0
     sp, sh = ras_spacing_shape(np.diag([-2.0, 3.0, 1.0, 1.0])[[1, 0, 2, 3]], (10, 20, 30))

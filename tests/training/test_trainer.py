@@ -16,7 +16,7 @@ from medpipe.training.trainer import CHECKPOINT, poly_lr, train
 
 
 def _cfg(**kw):
-    base = dict(epochs=2, iters_per_epoch=2, batch_size=1, patch_size=[16, 16, 16], spacing=[3.0, 3.0, 3.0],
+    base = dict(epochs=2, iters_per_epoch=2, batch_size=1, patch_size=[16, 16, 16], spacing=[12.0, 12.0, 12.0],
                 fold=0, n_folds=4, val_every=1, checkpoint_every=1, precision="fp32", seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -29,7 +29,7 @@ def test_bundle_is_produced_and_loadable(tiny_dataset, tmp_path):
     cfg = bundle.config
     assert cfg.architecture == "stunet_xs" and cfg.num_classes == 9
     assert cfg.labels[1].name == "liver" and cfg.labels[1].color == (221, 130, 101)
-    assert cfg.preprocessing.spacing == [3.0, 3.0, 3.0] and cfg.preprocessing.patch_size == [16, 16, 16]
+    assert cfg.preprocessing.spacing == [12.0, 12.0, 12.0] and cfg.preprocessing.patch_size == [16, 16, 16]
     assert cfg.preprocessing.normalization.scheme == "ct"
     assert cfg.evaluation["cases"] == 1 and 0.0 <= cfg.evaluation["mean_dice"] <= 1.0
     for name in ("evaluation.json", "evaluation.csv", "evaluation_boxplot.png", "training_log.csv",
@@ -78,8 +78,8 @@ def test_cli_refuses_bad_options_before_writing(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["train", str(tiny_dataset), "-o", str(out), "--fold", "7"]) == 2
     assert "fold must be 0..4" in capsys.readouterr().err
-    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "18,16,16", "--spacing", "3"]) == 2
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "18,16,16", "--spacing", "12"]) == 2
     assert "not divisible" in capsys.readouterr().err
-    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "16,16,16", "--spacing", "3"]) == 2
+    assert main(["train", str(tiny_dataset), "-o", str(out), "--patch", "16,16,16", "--spacing", "12"]) == 2
     assert "4 cases cannot be split into 5 folds" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "b.work").exists()

@@ -40,12 +40,13 @@ def _affine(kind: str, spacing: tuple[float, float, float]) -> np.ndarray:
     return a
 
 
+# Voxel sizes large enough that the small grids hold the whole (adult-sized) phantom body.
 CASES = {
-    "lps": ((48, 48, 40), (1.0, 1.0, 1.5)),
-    "ras": ((48, 48, 40), (1.0, 1.0, 1.5)),
-    "oblique": ((48, 48, 40), (0.9, 0.9, 1.2)),
-    "permuted": ((40, 48, 48), (1.5, 1.0, 1.0)),
-    "anisotropic": ((56, 56, 16), (0.8, 0.8, 4.0)),
+    "lps": ((48, 48, 40), (8.0, 8.0, 8.0)),
+    "ras": ((48, 48, 40), (8.0, 8.0, 8.0)),
+    "oblique": ((48, 48, 40), (8.5, 8.5, 8.0)),
+    "permuted": ((40, 48, 48), (9.0, 8.0, 7.0)),
+    "anisotropic": ((56, 56, 16), (7.0, 7.0, 25.0)),
 }
 
 
