@@ -81,14 +81,20 @@ class RunDisplay:
             outs = escape(", ".join(files[:3]) + (f" (+{len(files) - 3})" if len(files) > 3 else ""))
             table.add_row(escape(r.study), status, str(r.n_run), str(r.n_cached), f"{r.duration_s:.1f}s", outs)
         self.console.print(table)
+        for r in results:
+            for w in r.warnings:
+                self.console.print(f"[yellow]warning[/] {escape(r.study)} {escape(w)}")
         failed = [r for r in results if not r.ok]
         for r in failed:
-            where = f"at stage {r.failed_stage}" if r.failed_stage else "before its first stage"
+            if r.refused:
+                where = f"before running (check of stage {r.failed_stage})"
+            else:
+                where = f"at stage {r.failed_stage}" if r.failed_stage else "before its first stage"
             self.console.print(
                 f"[red]failed[/] {escape(r.study)} {escape(where)}: {escape(r.error or 'unknown error')}"
             )
             logs = r.run_dir / "logs" / f"{r.failed_stage}.log"
-            if r.failed_stage and logs.exists():
+            if r.failed_stage and not r.refused and logs.exists():
                 self.console.print(f"  traceback: {escape(str(logs))}")
         ok = len(results) - len(failed)
         self.console.print(f"{ok}/{len(results)} studies done; results in {escape(str(results[0].run_dir.parent)) if results else '-'}")

@@ -37,38 +37,51 @@ def inspect(
     _print_scan(scan)
 
 
-def _print_scan(scan) -> None:
+_ORIENT = {"axial": "ax", "sagittal": "sag", "coronal": "cor", "oblique": "obl"}
+
+
+def _print_scan(scan, console=None) -> None:
+    """One line per series whatever the terminal width (80 columns included): short columns,
+    the description cut with an ellipsis, notes as numbered lines under the table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"{scan.root}: {len(scan.series)} image series", title_justify="left")
-    for col in ("UID …", "#", "modality", "description", "size", "spacing (mm)", "orientation", "slices", "notes"):
-        table.add_column(col, overflow="fold")
+    console = console or Console()
+    table = Table(title=f"{escape(str(scan.root))}: {len(scan.series)} image series", title_justify="left",
+                  pad_edge=False, collapse_padding=True)
+    widths = {"#": 4, "mod": 4, "description": None, "size": 11, "spacing mm": 14, "ori": 3, "uid": 6, "note": 4}
+    for col, width in widths.items():
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=width,
+                         ratio=1 if width is None else None, min_width=8 if width is None else None)
+    notes: list[str] = []
     for s in scan.series:
-        notes = [f"[red]{p}[/red]" for p in s.fatal + s.problems] + [f"[yellow]{w}[/yellow]" for w in s.warnings]
+        marks = []
+        for text, style in [(p, "red") for p in s.fatal + s.problems] + [(w, "yellow") for w in s.warnings]:
+            notes.append(f"[{style}]\\[{len(notes) + 1}][/{style}] #{s.series_number if s.series_number is not None else '?'} "
+                         f"{escape(s.description)[:30]}: {escape(text)}")
+            marks.append(str(len(notes)))
         table.add_row(
-            s.uid_suffix,
             "" if s.series_number is None else str(s.series_number),
-            s.modality,
-            s.description,
+            escape(s.modality),
+            escape(s.description),
             "x".join(str(v) for v in s.size),
-            " x ".join(f"{v:.3g}" for v in s.spacing),
-            s.orientation,
-            str(s.n_slices),
-            "\n".join(notes),
+            "x".join(f"{v:.3g}" for v in s.spacing),
+            _ORIENT.get(s.orientation, s.orientation[:3]),
+            escape(s.uid_suffix[-6:]),
+            ",".join(marks),
         )
     console.print(table)
+    for line in notes:
+        console.print(line, overflow="fold")
     if scan.non_image:
-        other = Table(title="non-image objects (not loaded)", title_justify="left")
-        for col in ("modality", "SOP class", "description", "file"):
-            other.add_column(col, overflow="fold")
+        console.print(f"non-image objects (not loaded): {len(scan.non_image)}")
         for o in scan.non_image:
-            other.add_row(o.modality, o.sop_class_name, o.description, o.file)
-        console.print(other)
-    console.print(f"{scan.skipped} non-DICOM file(s) skipped")
+            console.print(f"  {escape(o.modality)} {escape(o.sop_class_name)} '{escape(o.description)}' "
+                          f"{escape(o.file)}", overflow="fold")
+    console.print(f"{scan.skipped} non-DICOM file(s) skipped; --json for every field")
     for f, why in scan.errors:
-        console.print(f"[red]unreadable:[/red] {f} {why}")
+        console.print(f"[red]unreadable:[/red] {escape(f)} {escape(why)}", overflow="fold")
 
 
 def _stem_for(info, used: set[str]) -> str:

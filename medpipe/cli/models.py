@@ -106,21 +106,36 @@ def show(bundle: Path = typer.Argument(..., help="Bundle folder (model.yaml + we
 def import_nnunet_cmd(
     results_dir: Path = typer.Argument(..., help="nnU-Net v2 trainer folder with plans.json, dataset.json, fold_X/."),
     out_bundle: Path = typer.Argument(..., help="Bundle folder to create."),
-    fold: str = typer.Option("all", "--fold", help="Fold to import: 'all' or a number."),
+    fold: list[str] = typer.Option([], "--fold", "-f",
+                                   help="Fold to import (repeat for an ensemble; 'all' for fold_all). "
+                                        "Default: every fold present, averaged as nnU-Net does."),
+    checkpoint: str = typer.Option("final", "--checkpoint", "-chk", help="final or best."),
+    lowres: Path | None = typer.Option(None, "--lowres",
+                                       help="For a 3d_cascade_fullres model: the 3d_lowres results folder of its "
+                                            "first stage."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: the dataset name)."),
     modality: str | None = typer.Option(None, "--modality", help="CT or MR (default: from the plans)."),
-    orientation: str = typer.Option("RAS", "--orientation", help="Voxel orientation of the training images."),
+    orientation: str = typer.Option("native", "--orientation",
+                                    help="native (nnU-Net's behaviour: the file's voxel order) or the orientation "
+                                         "code the training images were stored in (RAS for TotalSegmentator)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
 ) -> None:
-    """Convert a trained STU-Net nnU-Net v2 results folder into a medpipe bundle."""
+    """Convert a trained nnU-Net v2 results folder (PlainConvUNet, ResEnc, STU-Net) into a medpipe bundle."""
     from medpipe.errors import InputError
-    from medpipe.models.nnunet_import import import_nnunet
+    from medpipe.models.nnunet_import import import_nnunet, import_nnunet_cascade
 
-    if fold != "all" and not fold.isdigit():
-        raise InputError(f"--fold must be 'all' or a fold number, got {fold!r}")
-    b = import_nnunet(results_dir, out_bundle, fold if fold == "all" else int(fold), name=name,
-                      modality=modality, orientation=orientation, overwrite=overwrite)
-    typer.echo(f"wrote bundle {b.path} ({b.config.architecture}, {b.config.num_classes} classes)")
+    for f in fold:
+        if f != "all" and not f.isdigit():
+            raise InputError(f"--fold must be 'all' or a fold number, got {f!r}")
+    folds = [f if f == "all" else int(f) for f in fold] or None
+    kw = dict(checkpoint=checkpoint, name=name, modality=modality, orientation=orientation, overwrite=overwrite)
+    if lowres is not None:
+        b = import_nnunet_cascade(lowres, results_dir, out_bundle, fold=folds, **kw)
+    else:
+        b = import_nnunet(results_dir, out_bundle, folds, **kw)
+    members = 1 + len(b.config.ensemble)
+    typer.echo(f"wrote bundle {b.path} ({b.config.architecture}, {b.config.num_classes} outputs, "
+               f"{members} fold(s), mirroring {b.config.preprocessing.tta_axes or 'off'})")
 
 
 @models_app.command("quantize")

@@ -15,7 +15,6 @@ one that cannot be read is rebuilt. Compiled models are also kept in-process.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import threading
 import time
@@ -62,8 +61,9 @@ def _import_openvino():
 
 def cache_root() -> Path:
     """``$MEDPIPE_CACHE/openvino``, else ``~/.cache/medpipe/openvino``."""
-    base = os.environ.get("MEDPIPE_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "medpipe") / "openvino"
+    from medpipe.user_cache import user_cache
+
+    return user_cache("openvino")
 
 
 def model_key(model: torch.nn.Module, input_shape: Sequence[int], ov_version: str) -> str:

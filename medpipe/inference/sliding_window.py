@@ -234,20 +234,26 @@ class _Stitcher:
 
     def __init__(self, plan: TilePlan, num_classes: int, depth: int, acc_dtype: torch.dtype,
                  device: torch.device, output: Output, gaussian: torch.Tensor, prob_dtype: type = np.float16,
-                 head: LinearHead | None = None):
+                 head: LinearHead | None = None, sink: Any = None,
+                 pads: Sequence[tuple[int, int]] = ((0, 0), (0, 0), (0, 0))):
         i, j, k = plan.shape
         self.depth = depth
         self.gaussian = gaussian
         self.output = output
         self.head = head
+        self.sink = sink  # receives the stitched mean of each finalised slab (unpadded) instead
+        self.pads = [tuple(p) for p in pads]
+        if sink is not None:
+            output = "probabilities"  # neither labels nor probabilities are kept here
         self.running_mean = acc_dtype == torch.float16  # fp16 sums would underflow at patch corners
         channels = head.in_channels if head is not None else num_classes
         self.logits = torch.zeros((channels, i, j, depth), dtype=acc_dtype, device=device)
         self.weights = torch.zeros((i, j, depth), dtype=torch.float32, device=device)
         self.labels = np.zeros((i, j, k), _label_dtype(num_classes)) if output != "probabilities" else None
         self.probs = (np.zeros((num_classes, i, j, k), prob_dtype)
-                      if output in ("probabilities", "both") else None)
+                      if output in ("probabilities", "both") and sink is None else None)
         self.finalised = 0
+        self.finalised_total = k  # padded length along the streamed axis
 
     def add(self, logits: torch.Tensor, origin: tuple[int, int, int]) -> None:
         x, y, z = origin
@@ -264,13 +270,27 @@ class _Stitcher:
                 zs = slice(start + src, start + src + size)
                 rs = slice(ring, ring + size)
                 acc = self.logits[..., rs]
-                if self.head is not None:
+                if self.sink is not None:
+                    self._to_sink(acc, zs, rs)
+                elif self.head is not None:
                     self._finalise_features(acc, zs, rs)
                 else:
                     self._finalise_logits(acc, zs, rs)
                 self.logits[..., rs].zero_()
                 self.weights[..., rs].zero_()
                 self.finalised = start + src + size
+
+    def _to_sink(self, acc: torch.Tensor, zs: slice, rs: slice) -> None:
+        """The weighted mean of the slab, padding removed, to the sink (slices in order)."""
+        (i0, i1), (j0, j1), (k0, _) = self.pads
+        n_i, n_j = acc.shape[1] - i0 - i1, acc.shape[2] - j0 - j1
+        k_orig = self.finalised_total - k0 - self.pads[2][1]
+        lo, hi = max(zs.start - k0, 0), min(zs.stop - k0, k_orig)
+        if hi <= lo:
+            return
+        mean = acc.float() if self.running_mean else acc / self.weights[..., rs]
+        first = lo + k0 - zs.start
+        self.sink.consume(mean[:, i0:i0 + n_i, j0:j0 + n_j, first:first + hi - lo], lo)
 
     def _finalise_logits(self, acc: torch.Tensor, zs: slice, rs: slice) -> None:
         if self.labels is not None:  # weights are positive: argmax of the sum = argmax of the mean
@@ -324,7 +344,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
             progress: bool | Callable[..., Iterable[Any]] = True, memory_budget_gb: float | None = None,
             accumulation: str = "auto", stream: bool = True, sigma_scale: float = 0.125,
             probability_dtype: str = "fp16", optimize: bool = True, backend: str = "auto",
-            int8_model: str | Path | None = None, stitch: str = "auto") -> Prediction:
+            int8_model: str | Path | None = None, stitch: str = "auto", sink: Any = None) -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
 
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
@@ -343,12 +363,18 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     ``stitch`` is ``auto|logits|features``: ``features`` stitches the channels in front of the
     model's linear ``head`` and applies it per finalised slab (exact; ``auto`` does so when the
     head has fewer inputs than classes, see ``feature_stitching``).
+    ``sink`` (e.g. ``grid_export.GridExport``) receives the stitched mean slab by slab instead
+    of the engine deciding labels on the network grid: ``sink.start(shape, head)``, then
+    ``sink.consume(mean (C, I, J, n), k0)`` in order; ``Prediction.labels`` is
+    ``sink.finish()``. Output must be ``labels``.
     """
     t0 = time.perf_counter()
     if output not in ("labels", "probabilities", "both"):
         raise InputError(f"output must be 'labels', 'probabilities' or 'both', got {output!r}")
     if probability_dtype not in ("fp16", "fp32"):
         raise InputError(f"probability_dtype must be 'fp16' or 'fp32', got {probability_dtype!r}")
+    if sink is not None and output != "labels":
+        raise InputError("a prediction with an export sink decides the labels itself: output must be 'labels'")
     vol = _as_tensor(image)
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != 3 or any(p <= 0 for p in patch):
@@ -408,7 +434,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
     try:
         stitcher = _Stitcher(tiles, num_classes, depth, acc_dtype, dev, output, gaussian,
-                             np.float16 if probability_dtype == "fp16" else np.float32, head)
+                             np.float16 if probability_dtype == "fp16" else np.float32, head, sink, pads)
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or _is_oom(exc):
             raise ResourceError(f"cannot allocate the stitching buffer ({mem['logit_buffer'] / 2**30:.1f} GiB); "
@@ -416,6 +442,8 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
         raise
 
     track = progress if callable(progress) else _rich_track(bool(progress))
+    if sink is not None:
+        sink.start(orig_shape, head)
 
     def inputs() -> Iterator[tuple[tuple[int, list, bool], torch.Tensor]]:
         for gi, chunk, group_done in track(batches, total=len(batches),
@@ -443,7 +471,10 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     stitcher.finalise(tiles.shape[-1])
 
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, orig_shape, strict=True))
-    labels = np.ascontiguousarray(stitcher.labels[crop]) if stitcher.labels is not None else None
+    if sink is not None:
+        labels = sink.finish()
+    else:
+        labels = np.ascontiguousarray(stitcher.labels[crop]) if stitcher.labels is not None else None
     probs = np.ascontiguousarray(stitcher.probs[(slice(None), *crop)]) if stitcher.probs is not None else None
     facts = {
         "precision": plan.name,

@@ -8,6 +8,7 @@ so a failed run leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from medpipe.errors import InputError
 
-__all__ = ["atomic_path", "atomic_dir", "check_writable"]
+__all__ = ["atomic_path", "atomic_dir", "check_writable", "locked"]
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
@@ -73,3 +74,19 @@ def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -25,7 +25,7 @@ from medpipe.errors import DicomError, GeometryError
 from medpipe.image import Image
 from medpipe.io.atomic import atomic_path
 
-__all__ = ["write_dicom_seg", "read_source_datasets", "segment_codes", "source_affine"]
+__all__ = ["write_dicom_seg", "read_source_datasets", "segment_codes", "source_affine", "repair_source_uids"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _GEOMETRY_ATOL_MM = 1e-2
@@ -53,6 +53,50 @@ def read_source_datasets(files: Sequence[str | Path]) -> list[Any]:
             raise DicomError(f"cannot read source DICOM file {s} for the DICOM SEG ({exc})") from exc
         out.append(ds)
     return out
+
+
+def _blank(ds: Any, keyword: str) -> bool:
+    return not str(getattr(ds, keyword, "") or "").strip()
+
+
+def repair_source_uids(datasets: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Copies of the source headers with the UIDs a SEG must reference filled in.
+
+    Anonymised exports often blank the dataset's SOP Class/Instance UIDs while the file
+    meta keeps them: those are taken from the file meta. Blank Study/Series/Frame of
+    Reference UIDs get one generated UID each for the whole series (recorded in the returned
+    facts, so run.json says the SEG references UIDs that are not in the source files). A
+    source instance without any SOP Instance UID cannot be referenced at all: DicomError."""
+    import copy
+
+    import highdicom as hd
+
+    from medpipe.io.dicom.headers import file_meta_uid
+
+    out = [copy.deepcopy(ds) for ds in datasets]
+    facts: dict[str, Any] = {}
+    where = getattr(datasets[0], "filename", None) or "the source series"
+    for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                  ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        fixed = 0
+        for ds in out:
+            if _blank(ds, keyword):
+                uid = file_meta_uid(ds, meta_keyword)
+                if not uid:
+                    raise DicomError(f"{where}: source files have no {keyword} (blank in the dataset and in the "
+                                     "file meta), so a DICOM SEG cannot reference them; write NIfTI/NRRD instead")
+                setattr(ds, keyword, uid)
+                fixed += 1
+        if fixed:
+            facts[f"{keyword}_from_file_meta"] = fixed
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = {str(getattr(ds, keyword, "") or "").strip() for ds in out}
+        if "" in values:
+            uid = next((v for v in values if v), None) or str(hd.UID())
+            for ds in out:
+                setattr(ds, keyword, uid)
+            facts[f"{keyword}_generated"] = uid
+    return out, facts
 
 
 def _plane(ds: Any, frame: int | None) -> tuple[np.ndarray, list[float], np.ndarray]:
@@ -162,12 +206,14 @@ def write_dicom_seg(
     algorithm_name: str = "medpipe",
     algorithm_version: str | None = None,
     overwrite: bool = True,
+    facts: dict[str, Any] | None = None,
 ) -> dict[int, int]:
     """Write ``labels`` (on the source series' exact grid) as a DICOM SEG at ``path``.
 
     ``source``: the source series' files (paths, ``zip!member`` labels) or pydicom
     datasets, any order; or one multi-frame (enhanced) file. ``label_info``: ``value -> (name, (r, g, b))`` for the labels to
-    write. Returns ``label value -> segment number`` (segment numbers run 1..N).
+    write. Returns ``label value -> segment number`` (segment numbers run 1..N). ``facts``
+    receives the UIDs taken from the file meta or generated for anonymised sources.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -179,6 +225,9 @@ def write_dicom_seg(
     if not source:
         raise DicomError("no source DICOM files for the DICOM SEG; the input was not a DICOM series")
     datasets = list(source) if not isinstance(source[0], (str, Path)) else read_source_datasets(source)  # type: ignore[arg-type]
+    datasets, repairs = repair_source_uids(datasets)
+    if facts is not None:
+        facts.update(repairs)
     slices = _slices(datasets)
     arr = labels.array[0]
     n_slices = len(slices)
@@ -239,7 +288,20 @@ def write_dicom_seg(
         raise DicomError(f"DICOM SEG type must be 'binary' or 'labelmap', got {segmentation_type!r}")
     if not values:
         raise DicomError("the label map holds no labels to write as DICOM SEG segments")
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _build_seg(hd, datasets, frames, seg_type, descriptions, series_number, algorithm_name,
+                         algorithm_version or __version__, series_description)
+    except Exception as exc:  # highdicom validates the IOD; its errors name a DICOM attribute, not our problem
+        raise DicomError(f"highdicom could not build the DICOM SEG for series {datasets[0].SeriesInstanceUID} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        seg.save_as(tmp)
+    return seg_number
+
+
+def _build_seg(hd: Any, datasets: list[Any], frames: np.ndarray, seg_type: str, descriptions: list[Any],
+               series_number: int, algorithm_name: str, version: str, series_description: str) -> Any:
+    return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=frames,
         segmentation_type=seg_type,
@@ -250,11 +312,8 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="medpipe",
         manufacturer_model_name=algorithm_name,
-        software_versions=algorithm_version or __version__,
+        software_versions=version,
         device_serial_number="0",
         series_description=series_description,
         omit_empty_frames=True,
     )
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        seg.save_as(tmp)
-    return seg_number

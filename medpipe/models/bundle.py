@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +33,10 @@ from torch import nn
 from medpipe.errors import BundleError
 from medpipe.io.atomic import atomic_dir
 
-__all__ = ["BundleConfig", "LabelInfo", "Normalization", "Preprocessing", "Quantization", "Bundle", "load_bundle",
+__all__ = ["BundleConfig", "LabelInfo", "Normalization", "Preprocessing", "Quantization", "Regions", "Resampling", "Cascade",
+           "Bundle", "load_bundle",
            "save_bundle", "write_config", "file_sha256", "clean_state_dict", "CONFIG_FILE", "WEIGHTS_FILE",
-           "INT8_XML", "MAX_SHIPPED_WEIGHTS_MB"]
+           "INT8_XML", "MAX_SHIPPED_WEIGHTS_MB", "deduplicate_state", "expand_aliases", "resolve_bundle_path"]
 
 CONFIG_FILE = "model.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -62,40 +64,72 @@ class LabelInfo(_Strict):
 
 class Normalization(_Strict):
     """Intensity normalisation: ``ct`` = clip then z-score with dataset statistics;
-    ``zscore`` = z-score with ``mean``/``std`` if given, else per image; ``none``."""
+    ``zscore`` = z-score with ``mean``/``std`` if given, else per image (``use_mask``: inside
+    the filled non-zero mask only, nnU-Net's ``use_mask_for_norm``); ``rescale01`` = min-max
+    to [0, 1]; ``rgb01`` = divide by 255; ``none``."""
 
-    scheme: Literal["ct", "zscore", "none"]
+    scheme: Literal["ct", "zscore", "rescale01", "rgb01", "none"]
     clip: tuple[float, float] | None = None
     mean: float | None = None
     std: float | None = None
+    use_mask: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Normalization:
         if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
             raise ValueError("scheme 'ct' needs clip, mean and std (dataset foreground statistics)")
-        if self.clip is not None and self.clip[0] >= self.clip[1]:
-            raise ValueError(f"clip must be [low, high] with low < high, got {list(self.clip)}")
-        if self.std is not None and self.std <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError(f"clip must be [low, high] with low <= high, got {list(self.clip)}")
+        if self.std is not None and self.std < 0:
+            raise ValueError(f"std must not be negative, got {self.std}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
+        if self.use_mask and self.scheme != "zscore":
+            raise ValueError("use_mask applies to the zscore scheme only")
         return self
+
+
+class Resampling(_Strict):
+    """nnU-Net's resampling rule (recipe ``nnunet``): images resized to a shape with a cubic
+    B-spline (``image_order``), probabilities back with ``probability_order``, and the
+    coarse axis of anisotropic data (spacing ratio > ``anisotropy_threshold``) separately
+    with ``z_order``; ``separate_z`` forces that on or off (None: by the ratio)."""
+
+    image_order: Literal[0, 1, 3] = 3
+    probability_order: Literal[0, 1] = 1
+    z_order: Literal[0, 1] = 0
+    separate_z: bool | None = None
+    anisotropy_threshold: float = Field(3.0, gt=1.0)
 
 
 class Preprocessing(_Strict):
     """What the model was trained on: orientation, voxel spacing (mm, along the oriented
-    array axes i, j, k), normalisation, patch size, mirror axes for TTA."""
+    array axes i, j, k), normalisation, patch size, mirror axes for TTA.
+
+    ``orientation`` is a 3-letter code, or ``native``: the image's stored voxel order is
+    used as is (nnU-Net never reorients, so an imported model sees what it was trained on).
+    ``recipe`` says in which order the steps run: ``medpipe`` (reorient, resample to the
+    spacing, normalise; the label map is resampled back) or ``nnunet`` (crop to the non-zero
+    box, normalise at the original spacing, resample to a shape with B-splines; the
+    network's output is resampled back before the argmax, as nnU-Net's predictor does).
+    ``channel_normalization`` gives each input channel its own scheme (it overrides
+    ``normalization``)."""
 
     orientation: str = "RAS"
     spacing: list[float]
     normalization: Normalization
+    channel_normalization: list[Normalization] | None = None
     patch_size: list[int]
     tta_axes: list[int] = Field(default_factory=list)
     crop_foreground: bool = False
+    recipe: Literal["medpipe", "nnunet"] = "medpipe"
+    resampling: Resampling | None = None
 
     @field_validator("orientation")
     @classmethod
     def _orientation(cls, v: str) -> str:
+        if v.lower() == "native":
+            return "native"
         v = v.upper()
         axes = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
         if len(v) != 3 or any(c not in axes for c in v) or len({axes[c] for c in v}) != 3:
@@ -111,7 +145,18 @@ class Preprocessing(_Strict):
         if any(not 0 <= a < len(self.patch_size) for a in self.tta_axes) or len(set(self.tta_axes)) != len(
                 self.tta_axes):
             raise ValueError(f"tta_axes {self.tta_axes} must be distinct spatial axes 0..{len(self.patch_size) - 1}")
+        if self.recipe == "nnunet" and self.resampling is None:
+            self.resampling = Resampling()
         return self
+
+    def channel_schemes(self, n_channels: int) -> list[Normalization]:
+        """The normalisation of each of ``n_channels`` input channels."""
+        if self.channel_normalization is None:
+            return [self.normalization] * n_channels
+        if len(self.channel_normalization) != n_channels:
+            raise BundleError(f"channel_normalization has {len(self.channel_normalization)} entries for "
+                              f"{n_channels} input channels")
+        return list(self.channel_normalization)
 
 
 class Quantization(_Strict):
@@ -143,8 +188,43 @@ class Quantization(_Strict):
         return self
 
 
+class Regions(_Strict):
+    """Region-based outputs (nnU-Net region training, e.g. BraTS): output channel ``i`` is a
+    sigmoid region over the labels ``labels[i]``; voxels above 0.5 are painted
+    ``class_order[i]``, regions in order (later ones win)."""
+
+    labels: list[list[int]] = Field(min_length=1)
+    class_order: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Regions:
+        if len(self.labels) != len(self.class_order):
+            raise ValueError(f"regions has {len(self.labels)} label lists but {len(self.class_order)} class_order "
+                             "entries")
+        return self
+
+
+class Cascade(_Strict):
+    """The second stage of an nnU-Net cascade (``3d_cascade_fullres``): the bundle in
+    ``previous`` (a folder inside this one, the ``3d_lowres`` model) runs first, and the
+    one-hot of its ``one_hot_labels`` joins the image channels as network input."""
+
+    previous: str = "previous_stage"
+    one_hot_labels: list[int] = Field(min_length=1)
+
+    @field_validator("previous")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError(f"previous must be a folder inside the bundle, got {v!r}")
+        return v
+
+
 class BundleConfig(_Strict):
-    """The contents of ``model.yaml``."""
+    """The contents of ``model.yaml``.
+
+    ``ensemble`` lists further weight files of the same architecture (nnU-Net folds): the
+    prediction averages the logits of ``weights.safetensors`` and each of them."""
 
     name: str = Field(min_length=1)
     version: str = "1.0"
@@ -158,6 +238,19 @@ class BundleConfig(_Strict):
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     quantization: Quantization | None = None
+    regions: Regions | None = None
+    ensemble: list[str] = Field(default_factory=list)
+    cascade: Cascade | None = None
+
+    @field_validator("ensemble")
+    @classmethod
+    def _inside(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if Path(name).is_absolute() or ".." in Path(name).parts or not name.endswith(".safetensors"):
+                raise ValueError(f"ensemble entries must be .safetensors files inside the bundle, got {name!r}")
+        if len(set(v)) != len(v) or WEIGHTS_FILE in v:
+            raise ValueError("ensemble entries must be distinct and other than weights.safetensors")
+        return v
 
     @field_validator("architecture")
     @classmethod
@@ -173,13 +266,24 @@ class BundleConfig(_Strict):
         for key in ("in_channels", "num_classes"):
             if not isinstance(self.arch_config.get(key), int):
                 raise ValueError(f"arch_config.{key} must be an integer")
-        if self.arch_config["in_channels"] != len(self.channels):
+        extra = len(self.cascade.one_hot_labels) if self.cascade is not None else 0
+        if self.arch_config["in_channels"] != len(self.channels) + extra:
             raise ValueError(f"arch_config.in_channels is {self.arch_config['in_channels']} "
-                             f"but {len(self.channels)} channels are named {self.channels}")
+                             f"but {len(self.channels)} channels are named {self.channels}"
+                             + (f" plus {extra} one-hot channels of the cascade's first stage" if extra else ""))
         k = self.arch_config["num_classes"]
-        if sorted(self.labels) != list(range(k)):
+        if self.regions is not None:
+            if len(self.regions.class_order) != k:
+                raise ValueError(f"regions lists {len(self.regions.class_order)} regions but arch_config.num_classes "
+                                 f"is {k}")
+            want = sorted({0, *self.regions.class_order})
+            if sorted(self.labels) != want:
+                raise ValueError(f"labels must name the painted values {want} (0 = background), got {sorted(self.labels)}")
+        elif sorted(self.labels) != list(range(k)):
             raise ValueError(f"labels must be 0..{k - 1} (0 = background) to match arch_config.num_classes={k}, "
                              f"got {sorted(self.labels)}")
+        if self.quantization is not None and self.ensemble:
+            raise ValueError("an int8 model quantises one set of weights; a bundle with an ensemble cannot have one")
         return self
 
     @property
@@ -199,6 +303,44 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if key.startswith(prefix):
                 key = key[len(prefix):]
         out[key] = value
+    return out
+
+
+_ALIASES_KEY = "aliases"
+
+
+def _alias_rank(key: str) -> tuple[int, int, str]:
+    """Which of several names of one tensor is stored: the plainest (no ``decoder.encoder.``
+    or ``.all_modules.`` re-registration), then the shortest."""
+    return (("decoder.encoder." in key) + (".all_modules." in key), len(key), key)
+
+
+def deduplicate_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One entry per distinct tensor, plus ``{alias: stored name}`` for the others.
+
+    nnU-Net's networks register modules twice (a decoder holding the encoder, convs listed
+    again in ``all_modules``), so their state dicts name the same tensor several times;
+    safetensors refuses shared tensors, and storing them once keeps bundles small."""
+    groups: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], str], list[str]] = {}
+    for key, value in state.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                 tuple(value.stride()), str(value.dtype))
+        groups.setdefault(ident, []).append(key)
+    unique, aliases = {}, {}
+    for keys in groups.values():
+        keep = min(keys, key=_alias_rank)
+        unique[keep] = state[keep]
+        aliases.update({k: keep for k in keys if k != keep})
+    return unique, aliases
+
+
+def expand_aliases(state: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    """The state dict with every alias present again (values shared, nothing copied)."""
+    out = dict(state)
+    for alias, target in aliases.items():
+        if target not in state:
+            raise BundleError(f"weights alias {alias!r} points at {target!r}, which the file does not hold")
+        out[alias] = state[target]
     return out
 
 
@@ -243,20 +385,46 @@ class Bundle:
         q = self.config.quantization
         return self.path / q.folder / INT8_XML if q is not None else None
 
-    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
-        """The network with the bundle's weights loaded (strict), in eval mode, on ``device``."""
+    @property
+    def weight_files(self) -> list[Path]:
+        """``weights.safetensors`` and the ensemble's further weight files, in order."""
+        return [self.weights_path, *(self.path / name for name in self.config.ensemble)]
+
+    def build_model(self, device: str | torch.device = "cpu", weights: Path | None = None) -> nn.Module:
+        """The network with the bundle's weights (or ``weights``, one of ``weight_files``)
+        loaded (strict), in eval mode, on ``device``."""
         from safetensors.torch import load_file
 
         from medpipe.models import create_model
 
+        path = self.weights_path if weights is None else Path(weights)
         model = create_model(self.config.architecture, **self.config.arch_config)
-        state = load_file(str(self.weights_path), device="cpu")
+        state = expand_aliases(load_file(str(path), device="cpu"), _weight_aliases(path))
         problem = _first_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
                                   {k: tuple(v.shape) for k, v in state.items()})
         if problem:
-            raise BundleError(f"bundle {self.path}: weights do not match {self.config.architecture}: {problem}")
+            raise BundleError(f"bundle {self.path}: {path.name} does not match {self.config.architecture}: {problem}")
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+    def build_models(self, device: str | torch.device = "cpu") -> list[nn.Module]:
+        """One network per weight file (a single one for bundles without an ensemble)."""
+        return [self.build_model(device, w) for w in self.weight_files]
+
+
+def resolve_bundle_path(path: str | Path) -> Path:
+    """A bundle folder as given, else relative to the medpipe package, else to the repository
+    (``ct_organs_phantom`` names the shipped bundle from anywhere)."""
+    import medpipe
+
+    given = Path(path).expanduser()
+    if given.is_absolute() or given.is_dir():
+        return given
+    package = Path(medpipe.__file__).resolve().parent
+    for base in (package, package / "bundles", package.parent):
+        if (base / given).is_dir():
+            return base / given
+    return given  # load_bundle names it in its "does not exist" error
 
 
 def _read_config(path: Path) -> BundleConfig:
@@ -285,14 +453,35 @@ def _validate(raw: dict[str, Any], where: str) -> BundleConfig:
         raise BundleError(f"{where}: field {field!r}: {msg}" if field else f"{where}: {msg}") from exc
 
 
+def _weight_aliases(path: Path) -> dict[str, str]:
+    """``{alias: stored name}`` from the safetensors metadata (empty for files without)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_ALIASES_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a readable safetensors file: {exc}") from exc
+    try:
+        aliases = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: its '{_ALIASES_KEY}' metadata is not valid JSON") from exc
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise BundleError(f"{path}: its '{_ALIASES_KEY}' metadata must map tensor names to tensor names")
+    return aliases
+
+
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return expand_aliases(shapes, _weight_aliases(path))
 
 
 def load_bundle(path: str | Path, *, expect_modality: str | None = None) -> Bundle:
@@ -303,14 +492,18 @@ def load_bundle(path: str | Path, *, expect_modality: str | None = None) -> Bund
     config = _read_config(path)
     if expect_modality is not None and expect_modality.upper() != config.modality:
         raise BundleError(f"bundle {config.name} is for {config.modality}, study is {expect_modality.upper()}")
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise BundleError(f"bundle {path} has no {WEIGHTS_FILE}")
-    problem = _first_mismatch(_meta_shapes(config), _weight_shapes(weights))
-    if problem:
-        raise BundleError(f"bundle {path}: weights do not match {config.architecture}: {problem}")
+    expected = _meta_shapes(config)
+    for name in (WEIGHTS_FILE, *config.ensemble):
+        weights = path / name
+        if not weights.is_file():
+            raise BundleError(f"bundle {path} has no {name}")
+        problem = _first_mismatch(expected, _weight_shapes(weights))
+        if problem:
+            raise BundleError(f"bundle {path}: {name} does not match {config.architecture}: {problem}")
     if config.quantization is not None:
         _check_quantized(path, config.quantization)
+    if config.cascade is not None:
+        load_bundle(path / config.cascade.previous)  # the first stage must be a valid bundle too
     return Bundle(path=path, config=config)
 
 
@@ -363,27 +556,47 @@ def write_config(folder: Path, config: BundleConfig) -> None:
     (folder / CONFIG_FILE).write_text(yaml.dump(doc, Dumper=_YamlDumper, sort_keys=False))
 
 
-def save_bundle(path: str | Path, model: nn.Module, config: BundleConfig | dict[str, Any], *,
-                overwrite: bool = False) -> Bundle:
-    """Write ``model``'s weights and ``config`` as a bundle, atomically; returns it loaded."""
+def _weights_to_save(model: nn.Module | dict[str, torch.Tensor], config: BundleConfig, path: Path,
+                     expected: dict[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    full = clean_state_dict(model.state_dict() if isinstance(model, nn.Module) else dict(model))
+    problem = _first_mismatch(expected, {k: tuple(v.shape) for k, v in full.items()})
+    if problem:
+        raise BundleError(f"cannot save bundle {path}: model does not match {config.architecture}: {problem}")
+    unique, aliases = deduplicate_state(full)
+    return {k: v.detach().to("cpu").contiguous() for k, v in unique.items()}, aliases
+
+
+def save_bundle(path: str | Path, model: nn.Module | dict[str, torch.Tensor], config: BundleConfig | dict[str, Any], *,
+                overwrite: bool = False, ensemble: Sequence[nn.Module | dict[str, torch.Tensor]] = ()) -> Bundle:
+    """Write ``model``'s weights (a module or a state dict) and ``config`` as a bundle,
+    atomically; returns it loaded. ``ensemble`` holds the further members (nnU-Net folds),
+    one per name in ``config.ensemble``."""
+    import json
+
     from safetensors.torch import save_file
 
     path = Path(path)
     if not isinstance(config, BundleConfig):
         config = _validate(dict(config), f"bundle config for {path}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in clean_state_dict(model.state_dict()).items()}
-    problem = _first_mismatch(_meta_shapes(config), {k: tuple(v.shape) for k, v in state.items()})
-    if problem:
-        raise BundleError(f"cannot save bundle {path}: model does not match {config.architecture}: {problem}")
-    size_mb = sum(v.numel() * v.element_size() for v in state.values()) / 1e6
-    if size_mb > MAX_SHIPPED_WEIGHTS_MB:
-        warnings.warn(f"bundle {path}: weights are {size_mb:.1f} MB, above the {MAX_SHIPPED_WEIGHTS_MB:.0f} MB "
-                      "limit for bundles shipped with medpipe", stacklevel=2)
+    if len(ensemble) != len(config.ensemble):
+        raise BundleError(f"cannot save bundle {path}: config.ensemble names {len(config.ensemble)} weight files "
+                          f"but {len(ensemble)} ensemble members were given")
     if config.quantization is not None:
         raise BundleError(f"cannot save bundle {path} with a 'quantization' block: new weights invalidate the "
                           "int8 model; save without it and run medpipe models quantize")
+    expected = _meta_shapes(config)
+    members = [(WEIGHTS_FILE, _weights_to_save(model, config, path, expected))]
+    members += [(name, _weights_to_save(m, config, path, expected)) for name, m in zip(config.ensemble, ensemble,
+                                                                                         strict=True)]
+    size_mb = sum(v.numel() * v.element_size() for _, (state, _) in members for v in state.values()) / 1e6
+    if size_mb > MAX_SHIPPED_WEIGHTS_MB:
+        warnings.warn(f"bundle {path}: weights are {size_mb:.1f} MB, above the {MAX_SHIPPED_WEIGHTS_MB:.0f} MB "
+                      "limit for bundles shipped with medpipe", stacklevel=2)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         write_config(tmp, config)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"name": config.name, "version": config.version,
-                                                           "architecture": config.architecture})
+        for name, (state, aliases) in members:
+            metadata = {"name": config.name, "version": config.version, "architecture": config.architecture}
+            if aliases:
+                metadata[_ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
+            save_file(state, str(tmp / name), metadata=metadata)
     return load_bundle(path)

@@ -7,21 +7,18 @@ documented in docs/pipelines.md.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import platform
 import resource
 import sys
 import threading
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medpipe.io.atomic import atomic_path
+from medpipe.io.atomic import atomic_path, locked
 from medpipe.pipeline.artifacts import json_default_lenient
 
 __all__ = [
@@ -126,17 +123,3 @@ def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(record, indent=2, default=json_default_lenient) + "\n")
 
 
-@contextlib.contextmanager
-def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

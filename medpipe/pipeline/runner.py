@@ -35,6 +35,7 @@ from medpipe.io.atomic import atomic_dir
 from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact, json_default_lenient
 from medpipe.pipeline.cache import hash_external, hash_files, hash_study, stage_key
 from medpipe.pipeline.graph import PipelineGraph
+from medpipe.pipeline.preflight import run_preflight
 from medpipe.pipeline.provenance import (
     RUN_SCHEMA,
     PeakMemory,
@@ -68,6 +69,8 @@ class RunResult:
     error: str | None = None
     outputs: dict[str, list[str]] = field(default_factory=dict)  # ref -> files (relative to run_dir)
     duration_s: float = 0.0
+    refused: bool = False  # failed a pre-run check: no stage ran
+    warnings: list[str] = field(default_factory=list)  # "stage: message", in stage order
 
     @property
     def ok(self) -> bool:
@@ -93,6 +96,8 @@ class RunResult:
             error=err.get("message"),
             outputs=record.get("outputs", {}),
             duration_s=float(record.get("duration_s") or 0.0),
+            refused=bool(err.get("preflight")),
+            warnings=[f"{name}: {w}" for name, st in record.get("stages", {}).items() for w in st.get("warnings", [])],
         )
 
 
@@ -105,11 +110,30 @@ def study_name_of(path: str | Path) -> str:
     return name
 
 
-def _one_line(exc: BaseException) -> str:
+def _library_of(exc: BaseException) -> str | None:
+    """The top-level package of the deepest traceback frame outside medpipe (``highdicom``)."""
+    import medpipe
+
+    ours = str(Path(medpipe.__file__).resolve().parent)
+    tb, lib = exc.__traceback__, None
+    while tb is not None:
+        fname = tb.tb_frame.f_code.co_filename
+        if "site-packages" in fname and not fname.startswith(ours):
+            lib = fname.split("site-packages", 1)[1].strip("/\\").split("/")[0].split(".")[0]
+        tb = tb.tb_next
+    return lib
+
+
+def _one_line(exc: BaseException, stage: str = "") -> str:
+    """One sentence for run.json and the summary (the log keeps the traceback)."""
     if isinstance(exc, MedpipeError):
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    what = f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    lib = _library_of(exc)
+    where = f" inside {lib}" if lib else ""
+    log = f"; the traceback is in logs/{stage}.log" if stage else ""
+    return f"unexpected error{where} ({what}){log}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -305,7 +329,7 @@ class _StudyRun:
         try:
             done = self.execute(stage, key)
         except (Exception, SystemExit) as exc:  # a stage calling sys.exit is a failed stage too
-            entry.update(status="failed", finished=now_iso(), error=_one_line(exc))
+            entry.update(status="failed", finished=now_iso(), error=_one_line(exc, stage))
             self._write_log(stage, f"stage {stage!r} ({st.kind}) failed on study {self.study!r}\n\n"
                             + "".join(traceback.format_exception(exc)))
             return entry
@@ -415,6 +439,18 @@ def _run_locked(
     run.set_input(study_path)
     record["study"]["hash"] = run.hashes[f"{INPUT_STAGE}.study"]
     save()
+    refusal = run_preflight(spec, list(graph.order), study, study_path)
+    if refusal is not None:  # refused before any stage ran: nothing is computed or published
+        stage, message = refusal
+        for name in graph.order:
+            record["stages"][name]["status"] = "skipped"
+            emit({"event": "stage_end", "study": study, "stage": name, "status": "skipped"})
+        record.update(status="failed", finished=now_iso(), duration_s=round(time.perf_counter() - t0, 3),
+                      error={"stage": stage, "message": message, "preflight": True})
+        save()
+        result = RunResult.from_record(run_dir, record)
+        emit({"event": "study_end", "study": study, "status": result.status})
+        return result
 
     remaining = {ref: len(users) for ref, users in spec.consumers().items()}
     failed: str | None = None

@@ -93,6 +93,12 @@ class Stage:
         raise NotImplementedError(f"stage kind {self.kind!r} does not implement run()")
 
     @classmethod
+    def preflight(cls, params: StageParams, ctx: Any) -> Any:
+        """Cheap checks before any stage of the study runs (``pipeline.preflight``): raise a
+        ``MedpipeError`` to refuse the study; return what was learnt for later stages."""
+        return None
+
+    @classmethod
     def external_inputs(cls, params: StageParams) -> list[Path]:
         """Files outside the run that the result depends on, hashed into the cache key so a
         retrained or re-quantised bundle makes the stage run again (a ``bundle`` parameter
@@ -100,7 +106,7 @@ class Stage:
         bundle = getattr(params, "bundle", None)
         if not bundle:
             return []
-        from medpipe.pipeline.stages.segment import resolve_bundle_path
+        from medpipe.models.bundle import resolve_bundle_path
 
         path = resolve_bundle_path(str(bundle))
         return [path] if path.exists() else []  # a missing bundle fails in run() with its own message

@@ -37,13 +37,32 @@ def test_inspect_table_and_json(study, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps cells to the terminal width
     assert main(["inspect", str(study)]) == 0
     out = capsys.readouterr().out
-    for text in ("CT abdomen/venous", "T1 ax", "axial", "16x14x8", "non-image objects", "SR", "1 non-DICOM file(s) skipped"):
+    for text in ("CT abdomen/venous", "T1 ax", "ax ", "16x14x8", "non-image objects", "SR", "1 non-DICOM file(s) skipped"):
         assert text in out, text
     assert main(["inspect", str(study), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["series_number"] for s in data["series"]] == [2, 7]
     assert data["series"][0]["size"] == [16, 14, 8] and data["skipped"] == 1
     assert data["non_image"][0]["modality"] == "SR"
+
+
+def test_inspect_fits_an_80_column_terminal(study):
+    """One line per series at 80 columns (cells used to wrap into tall columns)."""
+    from rich.console import Console
+
+    from medpipe.cli.ingest import _print_scan
+    from medpipe.io.dicom import scan_study
+
+    long = study / "long"
+    write_dicom_series(_image((8, 8, 3)), long, modality="CT", series_number=11,
+                       series_description="ABDOMEN PORTAL VENOUS PHASE 1.25mm SOFT TISSUE KERNEL B30f iDose 4")
+    console = Console(width=80, record=True, force_terminal=False)
+    _print_scan(scan_study(study), console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.startswith("│")]
+    assert len(rows) == 3  # one line per series, none wrapped
+    assert any("ABDOMEN PORTAL" in r and "…" in r for r in rows)
 
 
 def test_convert_writes_volumes_and_sidecars(study, tmp_path, capsys):

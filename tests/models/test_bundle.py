@@ -205,10 +205,13 @@ def test_import_nnunet_errors(tmp_path):
         import_nnunet(tmp_path / "none", tmp_path / "b")
     _write_nnunet_results(tmp_path / "res", "SimpleITKIO", [0, 1, 2])
     with pytest.raises(BundleError, match="has no fold_all/checkpoint_final.pth"):
-        import_nnunet(tmp_path / "res", tmp_path / "b")
+        import_nnunet(tmp_path / "res", tmp_path / "b", fold="all")
+    (tmp_path / "res" / "fold_0" / "checkpoint_final.pth").rename(tmp_path / "res" / "fold_0" / "other.pth")
+    with pytest.raises(BundleError, match=r"has no fold_\*/checkpoint_final.pth"):
+        import_nnunet(tmp_path / "res", tmp_path / "b")  # every fold present: none
     torch.save({"network_weights": {"encoder.stages.0.weight": torch.zeros(1)}},
                tmp_path / "res" / "fold_0" / "checkpoint_final.pth")
-    with pytest.raises(BundleError, match="not an STU-Net"):
+    with pytest.raises(BundleError, match="neither an nnU-Net U-Net .* nor an STU-Net"):
         import_nnunet(tmp_path / "res", tmp_path / "b", fold=0)
     assert not (tmp_path / "b").exists()
 

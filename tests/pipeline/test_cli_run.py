@@ -38,7 +38,7 @@ def test_parallel_batch_with_one_bad_study(basic_pipeline: Path, batch: Path, tm
     rc = main(["run", str(basic_pipeline), str(batch), "-o", str(out), "--jobs", "2"])
     stdout, _ = _text(capsys)
     assert rc == 1
-    assert "failed empty_2 at stage seg: ValueError: image is all zeros" in stdout
+    assert "failed empty_2 at stage seg: unexpected error (ValueError: image is all zeros)" in stdout
     assert "2/3 studies done" in stdout
     for good in ("good_1", "good_3"):
         rec = _record(out / good)

@@ -9,9 +9,8 @@ import torch
 from medpipe.errors import BundleError
 from medpipe.image import Image, ImageMeta
 from medpipe.models import create_model
-from medpipe.models.bundle import save_bundle
+from medpipe.models.bundle import resolve_bundle_path, save_bundle
 from medpipe.pipeline.stage import StageContext, get_stage
-from medpipe.pipeline.stages.segment import resolve_bundle_path
 from medpipe.transforms import geometry_history
 
 CFG = {

@@ -185,11 +185,18 @@ def read_header(src: Source) -> HeaderResult:
             return HeaderResult(error=f"has an unusable DICOM header ({type(exc).__name__}: {exc})")
 
 
+def file_meta_uid(ds: Any, keyword: str) -> str:
+    """A UID from the file meta information (``MediaStorageSOP...``), '' when absent."""
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, keyword, "") or "").strip() if meta is not None else ""
+
+
 def _records(src: Source, ds, fh, size: int) -> HeaderResult:
     from pydicom.uid import UID
 
     modality = str(_get(ds, "Modality", "") or "")
-    sop_class = str(_get(ds, "SOPClassUID", "") or "")
+    # Anonymisers often blank the dataset's SOP UIDs but leave the file meta's copies.
+    sop_class = str(_get(ds, "SOPClassUID", "") or "") or file_meta_uid(ds, "MediaStorageSOPClassUID")
     if not sop_class and "SOPInstanceUID" not in ds and "Modality" not in ds:
         return HeaderResult(skipped=True)
     description = str(_get(ds, "SeriesDescription", "") or "")
@@ -237,7 +244,7 @@ def _records(src: Source, ds, fh, size: int) -> HeaderResult:
     )
     n_frames = int(_get(ds, "NumberOfFrames", 1) or 1)
     instance = int(_get(ds, "InstanceNumber", 0) or 0)
-    sop_uid = str(_get(ds, "SOPInstanceUID", "") or "")
+    sop_uid = str(_get(ds, "SOPInstanceUID", "") or "") or file_meta_uid(ds, "MediaStorageSOPInstanceUID")
     temporal_top = (
         _float(_get(ds, "TemporalPositionIdentifier")),
         _float(_get(ds, "AcquisitionNumber")),

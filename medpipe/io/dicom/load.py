@@ -36,12 +36,8 @@ def _progress_bar(enabled: bool, total: int, what: str):
     return (lambda: bar.advance(task)), bar
 
 
-def load_series(info: SeriesInfo, *, resample_irregular: bool = False, progress: bool = False) -> Image:
-    """Read one volume; raise DicomError naming the series if it cannot be trusted.
-
-    Example:
-        >>> img = load_series(scan_study("study/").series[0])       # doctest: +SKIP
-    """
+def check_loadable(info: SeriesInfo, *, resample_irregular: bool = False) -> None:
+    """Refuse, from the headers alone, a series that cannot be loaded as asked."""
     if info.fatal:
         raise DicomError(f"{info.label()} {info.fatal[0]}")
     if info.problems and not resample_irregular:
@@ -49,6 +45,15 @@ def load_series(info: SeriesInfo, *, resample_irregular: bool = False, progress:
             f"{info.label()} has an irregular slice stack: {'; '.join(info.problems)}; "
             "pass --resample-irregular (resample_irregular=True) to resample it onto a regular grid"
         )
+
+
+def load_series(info: SeriesInfo, *, resample_irregular: bool = False, progress: bool = False) -> Image:
+    """Read one volume; raise DicomError naming the series if it cannot be trusted.
+
+    Example:
+        >>> img = load_series(scan_study("study/").series[0])       # doctest: +SKIP
+    """
+    check_loadable(info, resample_irregular=resample_irregular)
     frames = info.frames
     f0 = frames[0]
     ps = f0.pixel_spacing or (1.0, 1.0)
@@ -114,23 +119,37 @@ def load_study(
     return [load_series(s, resample_irregular=resample_irregular, progress=progress) for s in chosen]
 
 
-def read_image(path: str | Path, selector=None, *, resample_irregular: bool = False) -> Image:
-    """One image from a NIfTI/NRRD/MHA file or a DICOM folder/file/zip holding one series.
-
-    A DICOM study with several series needs a ``selector`` (``SeriesSelector``).
-    """
-    from medpipe.io.volumes import VOLUME_SUFFIXES, read_volume
-
-    p = Path(path)
-    if p.is_file() and any(p.name.lower().endswith(s) for s in VOLUME_SUFFIXES):
-        return read_volume(p)
-    scan = scan_study(p)
+def choose_series(scan: StudyScan, selector=None, *, resample_irregular: bool = False) -> SeriesInfo:
+    """The one series ``selector`` picks from a scan, checked as far as headers allow
+    (nothing loadable, several series left, irregular geometry without resampling)."""
     scan.require_images()
     chosen = selector.select(scan) if selector is not None else _default_series(scan)
     if len(chosen) != 1:
         listing = "; ".join(f"{s.label()} {s.modality} {'x'.join(map(str, s.size))}" for s in chosen)
         raise DicomError(
-            f"{p} holds {len(chosen)} image series ({listing}); choose one with a series selector "
+            f"{scan.root} holds {len(chosen)} image series ({listing}); choose one with a series selector "
             "(e.g. modality, description, series_number or largest=True)"
         )
-    return load_series(chosen[0], resample_irregular=resample_irregular)
+    check_loadable(chosen[0], resample_irregular=resample_irregular)
+    return chosen[0]
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """A NIfTI/NRRD/MHA file (read as one volume), as opposed to DICOM."""
+    from medpipe.io.volumes import VOLUME_SUFFIXES
+
+    p = Path(path)
+    return p.is_file() and any(p.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
+
+
+def read_image(path: str | Path, selector=None, *, resample_irregular: bool = False) -> Image:
+    """One image from a NIfTI/NRRD/MHA file or a DICOM folder/file/zip holding one series.
+
+    A DICOM study with several series needs a ``selector`` (``SeriesSelector``).
+    """
+    from medpipe.io.volumes import read_volume
+
+    if is_volume_file(path):
+        return read_volume(Path(path))
+    info = choose_series(scan_study(Path(path)), selector, resample_irregular=True)
+    return load_series(info, resample_irregular=resample_irregular)

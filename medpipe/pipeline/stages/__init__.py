@@ -14,6 +14,8 @@ _STAGE_MODULES: list[str] = [
     "preview",
     "write",
     "segment",
+    "segment_image",
+    "segment_bundles",
 ]
 
 for _m in _STAGE_MODULES:

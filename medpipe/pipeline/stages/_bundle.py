@@ -18,7 +18,6 @@ def bundle_preprocessing(path: str) -> Any:
     The path is resolved like the segment stage resolves it (absolute, relative, or a
     bundle shipped with medpipe), so one ``bundle:`` value works for every stage.
     """
-    from medpipe.models.bundle import load_bundle
-    from medpipe.pipeline.stages.segment import resolve_bundle_path
+    from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
     return load_bundle(resolve_bundle_path(path)).config.preprocessing

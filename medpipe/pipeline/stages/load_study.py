@@ -12,19 +12,25 @@ __all__ = ["LoadStudy", "source_table"]
 
 
 def source_table(image: Any, path: Path) -> dict[str, Any]:
-    """What a DICOM SEG needs to reference the source series (empty lists for volume files)."""
+    """What a DICOM SEG needs to reference the source series (empty lists for volume files).
+
+    A volume file is never a DICOM source, even when its JSON sidecar (``medpipe convert``)
+    still names the series it came from: a SEG must reference files the study holds."""
+    from medpipe.io.dicom import is_volume_file
+
     extra = image.meta.extra
+    dicom = not is_volume_file(path) and extra.get("SOPInstanceUIDs") is not None and "series_id" in extra
     return {
-        "kind": "dicom" if extra.get("SOPInstanceUIDs") is not None and "series_id" in extra else "volume",
+        "kind": "dicom" if dicom else "volume",
         "study_path": str(path),
         "study_uid": extra.get("StudyInstanceUID", ""),
         "series_uid": image.meta.series_uid or extra.get("SeriesInstanceUID", ""),
         "frame_of_reference_uid": extra.get("FrameOfReferenceUID", ""),
         "modality": image.meta.modality,
         "description": image.meta.description,
-        "sop_instance_uids": list(extra.get("SOPInstanceUIDs", []) or []),
-        "frame_numbers": list(extra.get("FrameNumbers", []) or []),
-        "files": [str(f) for f in image.meta.source_files] if "series_id" in extra else [str(path)],
+        "sop_instance_uids": list(extra.get("SOPInstanceUIDs", []) or []) if dicom else [],
+        "frame_numbers": list(extra.get("FrameNumbers", []) or []) if dicom else [],
+        "files": [str(f) for f in image.meta.source_files] if dicom else [str(path)],
         "resampled": bool(extra.get("resampled", False)),
         "shape": list(image.shape),
         "affine": image.affine.tolist(),
@@ -51,14 +57,30 @@ class LoadStudy(Stage):
     inputs = {"study": StudyInputArtifact}
     outputs = {"image": ImageArtifact, "source": TableArtifact}
 
+    @staticmethod
+    def _selector(params: StageParams) -> Any:
+        from medpipe.io.dicom import SeriesSelector
+
+        fields = params.model_dump(exclude={"resample_irregular"})
+        chosen = {k: v for k, v in fields.items() if v not in (None, False)}
+        return SeriesSelector(**chosen) if chosen else None
+
+    @classmethod
+    def preflight(cls, params: StageParams, ctx: Any) -> dict[str, Any]:
+        """From the headers: the study is readable and the selector picks one loadable series."""
+        from medpipe.io.dicom import choose_series
+
+        if ctx.probe.kind == "volume":
+            return {"kind": "volume", "modality": None}
+        info = choose_series(ctx.probe.scan, cls._selector(params), resample_irregular=params.resample_irregular)
+        return {"kind": "dicom", "series": info.label(), "resampled": bool(info.problems), "modality": info.modality,
+                "sop_instance_uids": sum(1 for f in info.frames if f.sop_instance_uid)}
+
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
-        from medpipe.io.dicom import SeriesSelector, read_image
+        from medpipe.io.dicom import read_image
 
         path = Path(inputs["study"])
-        fields = self.params.model_dump(exclude={"resample_irregular"})
-        chosen = {k: v for k, v in fields.items() if v not in (None, False)}
-        selector = SeriesSelector(**chosen) if chosen else None
-        image = read_image(path, selector, resample_irregular=self.params.resample_irregular)
+        image = read_image(path, self._selector(self.params), resample_irregular=self.params.resample_irregular)
         for w in image.meta.extra.get("warnings", []) or []:
             ctx.warn(str(w))
         ctx.facts["input"] = {

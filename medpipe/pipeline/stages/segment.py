@@ -12,31 +12,17 @@ channel per class), which costs ``classes x voxels x 4`` bytes on disk and in me
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from medpipe.errors import BundleError
+from medpipe.models.bundle import resolve_bundle_path
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-__all__ = ["Segment", "SegmentProbabilities", "resolve_bundle_path"]
-
-
-def resolve_bundle_path(path: str) -> Path:
-    """A bundle folder as given, else relative to the medpipe package, else to the repository."""
-    import medpipe
-
-    given = Path(path).expanduser()
-    if given.is_absolute() or given.is_dir():
-        return given
-    package = Path(medpipe.__file__).resolve().parent
-    for base in (package, package / "bundles", package.parent):
-        if (base / given).is_dir():
-            return base / given
-    return given  # load_bundle names it in its "does not exist" error
+__all__ = ["Segment", "SegmentProbabilities"]
 
 
 class _SegmentParams(StageParams):

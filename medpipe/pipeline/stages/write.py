@@ -6,15 +6,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import model_validator
 
-from medpipe.errors import GeometryError, PipelineError
+from medpipe.errors import DicomError, GeometryError, PipelineError
 from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact, LabelArtifact, TableArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
 from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels
 
-__all__ = ["Write"]
+__all__ = ["Write", "dicom_seg_unavailable"]
 
 _SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm"}
+
+
+def dicom_seg_unavailable(source: dict[str, Any] | None, learned: dict[str, Any] | None = None) -> str | None:
+    """Why this study cannot have a DICOM SEG (one clause), or None when it can.
+
+    ``source`` is the load stage's output; before it exists (preflight) ``learned`` is what
+    the load stage's preflight found in the headers."""
+    info = source if source is not None else learned
+    if info is None:
+        return "the write stage has no 'source' input (connect it to the load_study stage's 'source' output)"
+    if info.get("kind") != "dicom":
+        return "the study is a volume file (NIfTI/NRRD/MHA), not a DICOM series a SEG could reference"
+    if info.get("resampled"):
+        return "its series was resampled onto a regular grid when loading, so SEG frames cannot match its slices"
+    n_uids = info.get("sop_instance_uids")
+    if isinstance(n_uids, list):
+        n_uids = sum(1 for u in n_uids if u)
+    if not n_uids:
+        return "its series has no SOP Instance UIDs (blank in the datasets and the file meta)"
+    return None
 
 
 @register_stage
@@ -23,14 +44,35 @@ class Write(Stage):
     description = "write the label map as NIfTI, NRRD and/or DICOM SEG (referencing the source series)"
 
     class Params(StageParams):
+        # Every format the study allows is written; one it cannot have (DICOM SEG of a NIfTI
+        # input) is skipped with a warning, unless it is listed in `required`: then the study
+        # is refused before any stage runs.
         formats: list[Literal["nifti", "nrrd", "dicom_seg"]] = ["nifti"]
+        required: list[Literal["nifti", "nrrd", "dicom_seg"]] = []
         name: str = "segmentation"  # file stem
         seg_type: Literal["binary", "labelmap"] = "binary"
         series_description: str = "medpipe segmentation"
+        # NIfTI/NRRD as one binary mask per structure, <name>/<structure>.nii.gz (TotalSegmentator's layout)
+        split: bool = False
+
+        @model_validator(mode="after")
+        def _required_are_formats(self) -> Write.Params:
+            missing = [f for f in self.required if f not in self.formats]
+            if missing:
+                raise ValueError(f"required formats {missing} are not in formats {self.formats}")
+            return self
 
     inputs = {"labels": LabelArtifact, "source": TableArtifact, "reference": ImageArtifact}
     optional_inputs = frozenset({"source", "reference"})
     outputs = {"files": FilesArtifact}
+
+    @classmethod
+    def preflight(cls, params: StageParams, ctx: Any) -> None:
+        if "dicom_seg" in params.required:
+            why = dicom_seg_unavailable(None, ctx.learned("source") or ({} if "source" in ctx.inputs else None))
+            if why:
+                raise PipelineError(f"stage {ctx.stage!r} (write) must write a DICOM SEG for study {ctx.study!r}, "
+                                    f"but {why}")
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.io.volumes import write_volume
@@ -57,33 +99,60 @@ class Write(Stage):
                     f"loaded series (shape {tuple(source['shape'])}); add a restore_geometry stage before writing"
                 )
         files: dict[str, Path] = {}
+        skipped: dict[str, str] = {}
         for fmt in dict.fromkeys(p.formats):
             out = ctx.workdir / f"{stem}{_SUFFIX[fmt]}"
             if fmt in ("nifti", "nrrd"):
-                write_volume(labels, out)
-            else:
-                files[fmt] = self._dicom_seg(labels, source, out, ctx)
+                files[fmt] = self._split(labels, ctx.workdir / stem, _SUFFIX[fmt]) if p.split else out
+                if not p.split:
+                    write_volume(labels, out)
                 continue
-            files[fmt] = out
+            why = dicom_seg_unavailable(source)
+            if why is None:
+                try:
+                    files[fmt] = self._dicom_seg(labels, source, out, ctx)
+                    continue
+                except DicomError as exc:
+                    if fmt in p.required:
+                        raise
+                    why = str(exc)
+            if fmt in p.required:
+                raise PipelineError(f"stage {ctx.stage!r}: a DICOM SEG is required but {why}")
+            skipped[fmt] = why
+            ctx.warn(f"DICOM SEG not written: {why}")
+        if not files:
+            raise PipelineError(f"stage {ctx.stage!r}: none of the formats {p.formats} could be written "
+                                f"({'; '.join(skipped.values())})")
+        if skipped:
+            ctx.facts["skipped_formats"] = skipped
         return {"files": files}
 
-    def _dicom_seg(self, labels: Any, source: dict[str, Any] | None, out: Path, ctx: StageContext) -> Path:
+    @staticmethod
+    def _split(labels: Any, folder: Path, suffix: str) -> Path:
+        """One uint8 mask per named structure (absent ones too, all zeros: a fixed file set)."""
+        import re
+
+        from medpipe.io.volumes import write_volume
+
+        names = label_names(labels, sorted(int(k) for k in (labels.meta.extra.get("labels") or {}) if int(k) != 0)
+                            or present_labels(labels))
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = labels.array[0]
+        for value, name in names.items():
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or f"label_{value}"
+            mask = labels.with_array((arr == value)[None].astype(np.uint8), is_label=True)
+            mask.meta.extra["labels"] = {1: name}
+            write_volume(mask, folder / f"{safe}{suffix}")
+        return folder
+
+    def _dicom_seg(self, labels: Any, source: dict[str, Any], out: Path, ctx: StageContext) -> Path:
         from medpipe.io.dicom_seg import write_dicom_seg
 
-        if source is None or source.get("kind") != "dicom":
-            raise PipelineError(
-                f"stage {ctx.stage!r}: DICOM SEG output needs a DICOM input series; connect "
-                "inputs.source to the load_study stage's 'source' output (and read a DICOM study)"
-            )
-        if source.get("resampled") or not source.get("sop_instance_uids"):
-            raise PipelineError(
-                f"stage {ctx.stage!r}: the input series {source.get('series_uid', '')} was resampled onto a "
-                "regular grid when loading, so a DICOM SEG cannot reference its slices; write NIfTI/NRRD instead"
-            )
         values = present_labels(labels)
         names = label_names(labels, values)
         colors = label_colors(labels, values)
         info = {v: (names[v], colors[v]) for v in values}
+        repairs: dict[str, Any] = {}
         mapping = write_dicom_seg(
             labels,
             source["files"],
@@ -91,6 +160,13 @@ class Write(Stage):
             out,
             segmentation_type=self.params.seg_type,
             series_description=self.params.series_description,
+            facts=repairs,
         )
         ctx.facts["dicom_seg_segments"] = {names[v]: s for v, s in mapping.items()}
+        if repairs:
+            ctx.facts["dicom_seg_uids"] = repairs
+            generated = [k.removesuffix("_generated") for k in repairs if k.endswith("_generated")]
+            if generated:
+                ctx.warn(f"the source series has blank {', '.join(generated)}; the DICOM SEG references "
+                         "generated UIDs (recorded in run.json)")
         return out
