@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "medpipe.cli.ingest",
     "medpipe.cli.data",
     "medpipe.cli.models",
+    "medpipe.cli.registration",
 ]
 
 for _name in _COMMAND_MODULES:

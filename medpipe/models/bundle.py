@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,15 @@ class BundleConfig(_Strict):
     arch_config: dict[str, Any]
     modality: Literal["CT", "MR"]
     channels: list[str] = Field(min_length=1)
-    labels: dict[int, LabelInfo]
+    # segmentation bundles name every output class; registration bundles output a velocity
+    # field (arch_config.num_classes = 3 components) and carry their settings in `registration`
+    task: Literal["segmentation", "registration"] = "segmentation"
+    labels: dict[int, LabelInfo] = Field(default_factory=dict)
     preprocessing: Preprocessing
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     quantization: Quantization | None = None
+    registration: dict[str, Any] | None = None  # validated by medpipe.registration.bundle
 
     @field_validator("architecture")
     @classmethod
@@ -177,6 +182,15 @@ class BundleConfig(_Strict):
             raise ValueError(f"arch_config.in_channels is {self.arch_config['in_channels']} "
                              f"but {len(self.channels)} channels are named {self.channels}")
         k = self.arch_config["num_classes"]
+        if self.task == "registration":
+            if k != len(self.preprocessing.spacing):
+                raise ValueError(f"a registration bundle's arch_config.num_classes is the number of velocity "
+                                 f"components ({len(self.preprocessing.spacing)}), got {k}")
+            if self.registration is None:
+                raise ValueError("a registration bundle needs a 'registration' block")
+            return self
+        if self.registration is not None:
+            raise ValueError("'registration' settings belong to bundles with task: registration")
         if sorted(self.labels) != list(range(k)):
             raise ValueError(f"labels must be 0..{k - 1} (0 = background) to match arch_config.num_classes={k}, "
                              f"got {sorted(self.labels)}")
@@ -364,8 +378,11 @@ def write_config(folder: Path, config: BundleConfig) -> None:
 
 
 def save_bundle(path: str | Path, model: nn.Module, config: BundleConfig | dict[str, Any], *,
-                overwrite: bool = False) -> Bundle:
-    """Write ``model``'s weights and ``config`` as a bundle, atomically; returns it loaded."""
+                overwrite: bool = False, extra_files: dict[str, Path] | None = None) -> Bundle:
+    """Write ``model``'s weights and ``config`` as a bundle, atomically; returns it loaded.
+
+    ``extra_files`` (bundle-relative name -> source file) are copied in inside the same
+    atomic write (a registration bundle's atlas, a training log)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -386,4 +403,10 @@ def save_bundle(path: str | Path, model: nn.Module, config: BundleConfig | dict[
         write_config(tmp, config)
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"name": config.name, "version": config.version,
                                                            "architecture": config.architecture})
+        for rel, src in (extra_files or {}).items():
+            dst = tmp / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise BundleError(f"cannot save bundle {path}: extra file name {rel!r} must stay inside the bundle")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
     return load_bundle(path)

@@ -14,6 +14,11 @@ _STAGE_MODULES: list[str] = [
     "preview",
     "write",
     "segment",
+    "register",
+    "warp",
+    "propagate_labels",
+    "load_image",
+    "difference",
 ]
 
 for _m in _STAGE_MODULES:
