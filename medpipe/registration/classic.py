@@ -116,8 +116,8 @@ def demons(fixed: Image, moving: Image, matrix: np.ndarray, *, iterations: tuple
     return compose_affine(sitk_field(field, fixed), matrix)
 
 
-def bspline(fixed: Image, moving: Image, matrix: np.ndarray, *, mesh: int = 8, iterations: int = 60,
-            shrink: tuple[int, ...] = (4, 2, 1), sampling: float = 0.1, seed: int = 0) -> DisplacementField:
+def bspline(fixed: Image, moving: Image, matrix: np.ndarray, *, mesh: int = 8, iterations: int = 40,
+            shrink: tuple[int, ...] = (4, 2, 1), sampling: float = 0.05, seed: int = 0) -> DisplacementField:
     """A cubic B-spline free-form deformation (``mesh``³ control grid) by Mattes MI with
     L-BFGS-B after the affine ``matrix``; the total transform as a field on ``fixed``'s grid."""
     import SimpleITK as sitk
@@ -131,7 +131,7 @@ def bspline(fixed: Image, moving: Image, matrix: np.ndarray, *, mesh: int = 8, i
     reg.SetMetricSamplingPercentage(sampling, seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations,
-                             maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000)
+                             maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations)
     reg.SetShrinkFactorsPerLevel(list(shrink))
     reg.SetSmoothingSigmasPerLevel([s / 2.0 for s in shrink])
     reg.SetInitialTransform(tx, inPlace=True)

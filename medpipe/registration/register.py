@@ -77,8 +77,8 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str | None = None,
              affine: bool = True, refine_iterations: int | None = None, demons_iterations: tuple[int, ...] | None = None,
-             device: str = "cpu", output_grid: Image | None = None, check_modality: bool = True,
-             min_overlap: float = 0.3, warp: bool = True) -> RegistrationResult:
+             bspline_iterations: int | None = None, device: str = "cpu", output_grid: Image | None = None,
+             check_modality: bool = True, min_overlap: float = 0.3, warp: bool = True) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``; see the module docstring. ``output_grid`` (default
     ``fixed``) is where the field and the warped image are returned."""
     if method not in METHODS:
@@ -90,7 +90,7 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
     facts: dict[str, Any] = {"method": method}
     net = settings = None
     if deep:
-        key = (bundle or DEFAULT_BUNDLE.get(method) or "", device)
+        key = (bundle or DEFAULT_BUNDLE.get(method) or "", method, device)
         if not key[0]:
             raise InputError(f"method {method!r} needs a bundle (a registration bundle folder)")
         if key not in _MODELS:
@@ -129,8 +129,11 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
     elif method == "affine":
         total = DisplacementField.from_affine(out_grid, matrix)
     else:
-        work_field = (demons(f_work, m_work, matrix, **({"iterations": demons_iterations} if demons_iterations else {}))
-                      if method == "demons" else bspline(f_work, m_work, matrix))
+        if method == "demons":
+            work_field = demons(f_work, m_work, matrix, **({"iterations": demons_iterations} if demons_iterations else {}))
+        else:
+            work_field = bspline(f_work, m_work, matrix, **({"iterations": bspline_iterations} if bspline_iterations
+                                                            else {}))
         secs["deformable_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # back to the pure deformable part, resampled onto the output grid, then the affine again
