@@ -114,6 +114,21 @@ def _score(pair, field, seconds):
     return out
 
 
+def _bundle_evaluation(bundle: str, rows, real, synth, body_note: str) -> None:
+    """The shipped bundle's held-out evaluation (Colin27 pairs, never trained on) next to its weights."""
+    from medpipe.pipeline.stages.segment import resolve_bundle_path
+
+    path = resolve_bundle_path(bundle)
+    if not path.is_dir():
+        return
+    out = {"source": body_note, "held_out_subject": "Colin27 (Debian mricron-data), GM/WM labels", "pairs": {}}
+    for method in ("micdir", "micdir+io"):
+        for name in real + synth:
+            for r in rows.get(method, {}).get(name, []):
+                out["pairs"].setdefault(name, {})[method] = {k: round(float(v), 4) for k, v in r.items()}
+    (path / "held_out_evaluation.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -197,6 +212,7 @@ def main() -> int:
             + "".join(f"- {m}: {syn_s / agg(m, 'seconds', real + synth):.1f}x less time per pair than SyN\n"
                       for m in methods if ants and m != "syn"))
     if not args.no_record:
+        _bundle_evaluation(args.micdir, rows, real, synth, body_note=f"benchmarks/registration.py, {args.threads} thread(s)")
         record("registration", "Deformable registration: affine, demons, ANTs SyN, VoxelMorph-style, MICDIR", body)
     return 0
 
