@@ -52,6 +52,10 @@ def test_shipped_brain_bundle_is_small_complete_and_refused_by_segment(tmp_path)
     labels = read_volume(SHIPPED / settings.atlas_labels, is_label=True)
     assert labels.meta.extra["labels"] == {1: "grey_matter", 2: "white_matter"}
     assert (SHIPPED / "learning_curve.png").is_file()
+    import json
+
+    held_out = json.loads((SHIPPED / "held_out_evaluation.json").read_text())  # written by benchmarks/registration.py
+    assert {"Colin27 -> MNI152", "MNI152 -> Colin27"} <= set(held_out["pairs"])
     with pytest.raises(BundleError, match="is a registration model; use it with the register"):
         image = read_volume(SHIPPED / settings.atlas_image)
         get_stage("segment")({"bundle": "brain_micdir"}).run({"image": image}, StageContext("s", tmp_path))
