@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-brain-bundle \
+	train-brain-voxelmorph bench-registration-deps bench-registration
 
 setup: $(STAMP) system-deps
 
@@ -25,6 +26,10 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix) >/dev/null; \
 	  else echo "note: dcm2niix not installed and not root; tests comparing against it will be skipped"; fi; }
+	@test -f /usr/share/mricron/templates/ch2bet.nii.gz || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data) >/dev/null; \
+	  else echo "note: mricron-data (Colin27, AAL) not installed; benchmarks/registration.py needs it"; fi; }
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
@@ -57,3 +62,24 @@ quantize-ct-bundle: setup
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
+
+# Re-train the shipped brain registration bundle from nothing (MNI152 2009a from nilearn's wheel,
+# random diffeomorphic warps, MICDIR; at most 50 minutes of training, 1 torch thread).
+train-brain-bundle: setup
+	$(BIN)/python -m pip install -q -e '.[registration]'
+	OMP_NUM_THREADS=1 $(BIN)/python -m medpipe.registration.recipe configs/train_brain_micdir.yaml -o medpipe/bundles/brain_micdir --overwrite
+
+# The VoxelMorph-style baseline of the registration benchmark, trained the same way (not shipped).
+train-brain-voxelmorph: setup
+	$(BIN)/python -m pip install -q -e '.[registration]'
+	OMP_NUM_THREADS=1 $(BIN)/python -m medpipe.registration.recipe configs/train_brain_voxelmorph.yaml -o build/bundles/brain_voxelmorph --overwrite
+
+# antspyx pins numpy < 2.4 / scipy < 1.16, so ANTs SyN gets its own environment (build/ants-venv).
+bench-registration-deps: setup system-deps
+	$(BIN)/python -m pip install -q -e '.[registration]'
+	test -x build/ants-venv/bin/python || $(PY) -m venv build/ants-venv
+	build/ants-venv/bin/python -m pip install -q antspyx nibabel
+
+bench-registration: bench-registration-deps
+	test -d build/bundles/brain_voxelmorph || $(MAKE) train-brain-voxelmorph
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration.py --threads 1

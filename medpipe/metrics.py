@@ -52,6 +52,10 @@ __all__ = [
     "volume_difference",
     "LabelMetrics",
     "evaluate_case",
+    "jacobian_determinant_l2r",
+    "folding_percent",
+    "sdlogj",
+    "registration_label_metrics",
 ]
 
 
@@ -254,4 +258,79 @@ def evaluate_case(
                 volume_diff_pct=100.0 * (v_p - v_g) / v_g if n_g else float("nan"),
             )
         )
+    return out
+
+
+# ---------------------------------------------------------------- registration (Learn2Reg)
+def jacobian_determinant_l2r(disp_vox: np.ndarray) -> np.ndarray:
+    """Learn2Reg's Jacobian determinant of a displacement ``(3, I, J, K)`` in voxel units.
+
+    As the official evaluation code computes it: central differences ``[-0.5, 0, 0.5]``
+    (``scipy.ndimage.correlate``, zeros outside), ``J = det(I + ∇u)``, then the border is
+    cropped by 2 voxels on every side, so the result is ``(I-4, J-4, K-4)``.
+    """
+    from scipy.ndimage import correlate
+
+    if disp_vox.ndim != 4 or disp_vox.shape[0] != 3:
+        raise ValueError(f"displacement must be (3, I, J, K), got {disp_vox.shape}")
+    u = disp_vox.astype(np.float64)
+    k = np.array([-0.5, 0.0, 0.5])
+    grad = np.empty((3, 3, *u.shape[1:]))
+    for d in range(3):
+        shape = [1, 1, 1]
+        shape[d] = 3
+        for c in range(3):
+            grad[c, d] = correlate(u[c], k.reshape(shape), mode="constant", cval=0.0)
+    jac = grad + np.eye(3).reshape(3, 3, 1, 1, 1)
+    jac = jac[:, :, 2:-2, 2:-2, 2:-2]
+    return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+
+
+def folding_percent(jacobian: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Percentage of voxels whose Jacobian determinant is <= 0 (folded, inside ``mask`` if given)."""
+    j = jacobian if mask is None else jacobian[mask.astype(bool)]
+    return float(100.0 * np.count_nonzero(j <= 0) / max(j.size, 1))
+
+
+def sdlogj(jacobian: np.ndarray, convention: str = "learn2reg") -> float:
+    """Standard deviation of the log Jacobian determinant (smoothness; lower is smoother).
+
+    ``learn2reg`` (default, what the challenge reports and what we compare against):
+    ``std(log(clip(J + 3, 1e-9, 1e9)))`` — the official code adds 3 to ``det(I + ∇u)``
+    before the log, which keeps folded voxels finite but compresses the spread (a field with
+    ``J`` in [0.5, 1.5] gives ~0.07 instead of ~0.3). ``plain``: ``std(log J)`` over
+    ``J > 0`` only, the textbook definition.
+    """
+    if convention == "learn2reg":
+        return float(np.log(np.clip(jacobian + 3.0, 1e-9, 1e9)).std())
+    if convention == "plain":
+        pos = jacobian[jacobian > 0]
+        return float(np.log(pos).std()) if pos.size else float("nan")
+    raise ValueError(f"convention must be 'learn2reg' or 'plain', got {convention!r}")
+
+
+def registration_label_metrics(
+    warped: np.ndarray,
+    fixed: np.ndarray,
+    labels: Iterable[int],
+    spacing: float | Sequence[float] | None = None,
+    moving: np.ndarray | None = None,
+) -> dict[int, dict[str, float]]:
+    """Dice and HD95 (mm) of propagated (warped moving) labels against the fixed labels.
+
+    Learn2Reg's rule: a label counts only when present in both the fixed and the moving
+    label maps (``moving`` = the labels before warping; default: ``warped``), else NaN.
+    """
+    if warped.shape != fixed.shape:
+        raise ValueError(f"warped labels {warped.shape} and fixed labels {fixed.shape} are on different grids")
+    sp = _spacing(spacing, fixed.ndim)
+    src = warped if moving is None else moving
+    out = {}
+    for lab in labels:
+        f, w = fixed == lab, warped == lab
+        if not f.any() or not (src == lab).any():
+            out[int(lab)] = {"dice": float("nan"), "hd95": float("nan")}
+            continue
+        d_pred, d_gt = surface_distances(w, f, sp)
+        out[int(lab)] = {"dice": dice(w, f, ignore_empty=False), "hd95": _hd_from(d_pred, d_gt, 95.0)}
     return out

@@ -38,6 +38,8 @@ class SegmentationResult:
 def check_image_for_bundle(image: Image, bundle: Bundle, where: str = "the image") -> None:
     """Refuse, in one sentence, an image the bundle cannot segment (before any work)."""
     cfg = bundle.config
+    if cfg.task != "segmentation":
+        raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle, not a segmentation model")
     if image.n_channels != len(cfg.channels):
         raise BundleError(f"bundle {cfg.name} expects {len(cfg.channels)} channel(s) ({', '.join(cfg.channels)}); "
                           f"{where} has {image.n_channels}")

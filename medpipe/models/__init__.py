@@ -25,6 +25,8 @@ __all__ = ["ModelInfo", "count_parameters", "create_model", "is_model", "list_mo
 _FAMILY_MODULES = [
     "medpipe.models.stunet",
     "medpipe.models.nnunet_unet",
+    "medpipe.models.micdir",
+    "medpipe.models.voxelmorph",
 ]
 
 for _name in _FAMILY_MODULES:

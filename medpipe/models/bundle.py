@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,11 +234,15 @@ class BundleConfig(_Strict):
     arch_config: dict[str, Any]
     modality: Literal["CT", "MR"]
     channels: list[str] = Field(min_length=1)
-    labels: dict[int, LabelInfo]
+    # segmentation bundles name every output class; registration bundles output a velocity
+    # field (arch_config.num_classes = 3 components) and carry their settings in `registration`
+    task: Literal["segmentation", "registration"] = "segmentation"
+    labels: dict[int, LabelInfo] = Field(default_factory=dict)
     preprocessing: Preprocessing
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     quantization: Quantization | None = None
+    registration: dict[str, Any] | None = None  # validated by medpipe.registration.bundle
     regions: Regions | None = None
     ensemble: list[str] = Field(default_factory=list)
     cascade: Cascade | None = None
@@ -272,6 +277,15 @@ class BundleConfig(_Strict):
                              f"but {len(self.channels)} channels are named {self.channels}"
                              + (f" plus {extra} one-hot channels of the cascade's first stage" if extra else ""))
         k = self.arch_config["num_classes"]
+        if self.task == "registration":
+            if k != len(self.preprocessing.spacing):
+                raise ValueError(f"a registration bundle's arch_config.num_classes is the number of velocity "
+                                 f"components ({len(self.preprocessing.spacing)}), got {k}")
+            if self.registration is None:
+                raise ValueError("a registration bundle needs a 'registration' block")
+            return self
+        if self.registration is not None:
+            raise ValueError("'registration' settings belong to bundles with task: registration")
         if self.regions is not None:
             if len(self.regions.class_order) != k:
                 raise ValueError(f"regions lists {len(self.regions.class_order)} regions but arch_config.num_classes "
@@ -567,10 +581,12 @@ def _weights_to_save(model: nn.Module | dict[str, torch.Tensor], config: BundleC
 
 
 def save_bundle(path: str | Path, model: nn.Module | dict[str, torch.Tensor], config: BundleConfig | dict[str, Any], *,
-                overwrite: bool = False, ensemble: Sequence[nn.Module | dict[str, torch.Tensor]] = ()) -> Bundle:
+                overwrite: bool = False, ensemble: Sequence[nn.Module | dict[str, torch.Tensor]] = (),
+                extra_files: dict[str, Path] | None = None) -> Bundle:
     """Write ``model``'s weights (a module or a state dict) and ``config`` as a bundle,
     atomically; returns it loaded. ``ensemble`` holds the further members (nnU-Net folds),
-    one per name in ``config.ensemble``."""
+    one per name in ``config.ensemble``; ``extra_files`` (bundle-relative name -> source
+    file) are copied in inside the same atomic write (a registration bundle's atlas)."""
     import json
 
     from safetensors.torch import save_file
@@ -599,4 +615,10 @@ def save_bundle(path: str | Path, model: nn.Module | dict[str, torch.Tensor], co
             if aliases:
                 metadata[_ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
             save_file(state, str(tmp / name), metadata=metadata)
+        for rel, src in (extra_files or {}).items():
+            dst = tmp / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise BundleError(f"cannot save bundle {path}: extra file name {rel!r} must stay inside the bundle")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
     return load_bundle(path)

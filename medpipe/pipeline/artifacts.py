@@ -25,6 +25,7 @@ __all__ = [
     "TableArtifact",
     "FilesArtifact",
     "StudyInputArtifact",
+    "FieldArtifact",
     "ARTIFACT_TYPES",
 ]
 
@@ -214,6 +215,38 @@ class StudyInputArtifact(Artifact):
         return Path(json.loads(stem.with_name(stem.name + ".json").read_text())["path"])
 
 
+class FieldArtifact(Artifact):
+    """A dense displacement field (``medpipe.registration.DisplacementField``): a NIfTI vector
+    image in LPS mm, the form ITK, ANTs and 3D Slicer read as a displacement transform, plus
+    a JSON sidecar (method, affine pre-alignment)."""
+
+    name = "field"
+    description = "a displacement field on the fixed grid (NIfTI vector image, LPS mm + JSON sidecar)"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        from medpipe.registration.field import DisplacementField
+
+        if not isinstance(value, DisplacementField):
+            raise PipelineError(f"{where} must be a DisplacementField, got {type(value).__name__}")
+
+    @classmethod
+    def save(cls, value: Any, stem: Path) -> list[Path]:
+        nii = stem.with_name(stem.name + ".nii.gz")
+        meta = stem.with_name(stem.name + ".meta.json")
+        value.save(nii)
+        dump_json(value.meta, meta)
+        return [nii, meta]
+
+    @classmethod
+    def load(cls, stem: Path) -> Any:
+        from medpipe.registration.field import DisplacementField
+
+        out = DisplacementField.load(stem.with_name(stem.name + ".nii.gz"))
+        out.meta = json.loads(stem.with_name(stem.name + ".meta.json").read_text())
+        return out
+
+
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {
-    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact, StudyInputArtifact)
+    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact, StudyInputArtifact, FieldArtifact)
 }

@@ -16,6 +16,11 @@ _STAGE_MODULES: list[str] = [
     "segment",
     "segment_image",
     "segment_bundles",
+    "register",
+    "warp",
+    "propagate_labels",
+    "load_image",
+    "difference",
 ]
 
 for _m in _STAGE_MODULES:

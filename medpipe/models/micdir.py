@@ -1,0 +1,194 @@
+"""MICDIR: multi-scale inverse-consistent deformable registration with a self-constructing
+graph latent (Chatterjee et al. 2022, arXiv:2203.04317), our own implementation.
+
+Input ``cat(fixed, moving)`` ``(B, 2C, I, J, K)``; output a stationary velocity field
+``(B, 3, I, J, K)`` in voxel units whose exponential (scaling and squaring, 7 steps)
+pulls the moving image onto the fixed grid. Structure as published:
+
+* encoder: six 3³ convs without bias, each + LeakyReLU(0.2), widths 16, 32, 32, 32, 32, 32,
+  all but the first strided by 2 (so inputs are divisible by 32);
+* self-constructing graph (SCG) on the deepest features: a 4³ average pool gives 64 nodes;
+  node embeddings ``mu`` (3³ conv) and ``log_var`` (1³ conv) build a learned adjacency
+  ``A = LeakyReLU(z zᵀ)`` (z sampled in training, ``mu`` in eval), normalised with self
+  loops; its KL + diagonal-likelihood regulariser is the *graph loss*;
+* two GCN layers (Linear + BatchNorm + LeakyReLU + dropout, 32 → 16 → 9) over ``A``, plus
+  the SCG's residual embedding, reshaped back to a 9-channel 4³ volume;
+* decoder: upsample, concatenate the encoder feature of that scale, 3³ conv + LeakyReLU, up
+  to full resolution; a *half-resolution* velocity head after the 1/2 scale and a
+  full-resolution head after concatenating the fixed image (3 convs 33 → 16 → 16 → 3).
+
+Deviations from the official code, on purpose: the GCN output is permuted ``(B, N, C) →
+(B, C, N)`` before being reshaped to a volume (the official raw reshape scrambles nodes
+and channels); the last conv of each velocity head is linear and initialised near zero
+(N(0, 1e-5), as VoxelMorph does) instead of LeakyReLU, so training starts at the identity
+and negative velocities are not damped; velocity is predicted in voxel units of the
+input grid. Losses (symmetric local NCC, diffusion, graph, cycle) live in
+:mod:`medpipe.registration.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medpipe.models.registry import register_model
+
+__all__ = ["ConvAct", "SelfConstructingGraph", "GCNLayer", "UpFuse", "MICDIR", "micdir"]
+
+
+class ConvAct(nn.Sequential):
+    """3³ convolution (no bias, as published) + LeakyReLU(0.2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__(nn.Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False), nn.LeakyReLU(0.2))
+
+
+class SelfConstructingGraph(nn.Module):
+    """SCG block (Liu et al. 2020): pooled nodes, a learned adjacency and its regulariser."""
+
+    def __init__(self, in_ch: int, hidden: int = 9, nodes: Sequence[int] = (4, 4, 4), dropout: float = 0.2):
+        super().__init__()
+        self.node_shape = tuple(int(n) for n in nodes)
+        self.n_nodes = math.prod(self.node_shape)
+        self.hidden = hidden
+        self.pool = nn.AdaptiveAvgPool3d(self.node_shape)
+        self.mu = nn.Sequential(nn.Conv3d(in_ch, hidden, 3, padding=1), nn.Dropout(dropout))
+        self.log_var = nn.Sequential(nn.Conv3d(in_ch, hidden, 1), nn.Dropout(dropout))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised adjacency (B, N, N), node features (B, N, C), graph loss, residual (B, N, hidden))."""
+        b = x.shape[0]
+        pooled = self.pool(x)
+        mu = self.mu(pooled).flatten(2).transpose(1, 2)  # (B, N, hidden)
+        log_var = self.log_var(pooled).flatten(2).transpose(1, 2)
+        z = mu + torch.exp(log_var) * torch.randn_like(mu) if self.training else mu
+        adj = self.act(z @ z.transpose(1, 2))
+        diag = torch.diagonal(adj, dim1=1, dim2=2)  # (B, N), >= 0
+        gamma = torch.sqrt(1.0 + 1.0 / (diag.mean(dim=1) + 1e-6)).view(b, 1, 1)
+        small = diag[diag < 1]
+        diag_ll = gamma.mean() * torch.log(small + 1e-7).sum() / (b * self.n_nodes * self.n_nodes)
+        kl = -0.5 / self.n_nodes * torch.mean(torch.sum(1 + 2 * log_var - mu.pow(2) - log_var.exp().pow(2), dim=1))
+        adj = adj + gamma * torch.diag_embed(diag)
+        adj = adj + torch.eye(self.n_nodes, device=x.device, dtype=x.dtype)
+        deg = (adj.sum(dim=1) + 1e-5).pow(-0.5)
+        adj = deg.unsqueeze(-1) * adj * deg.unsqueeze(-2)
+        residual = gamma.mean() * mu * (1.0 - log_var)
+        return adj, pooled.flatten(2).transpose(1, 2), kl - diag_ll, residual
+
+
+class GCNLayer(nn.Module):
+    """``y = Dropout(LeakyReLU(BN(Linear(A x))))`` over graph nodes ``(B, N, C)``."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.1):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.norm = nn.BatchNorm1d(out_features)
+        self.act = nn.LeakyReLU(0.2)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        y = self.fc(adj @ x)
+        y = self.norm(y.transpose(1, 2)).transpose(1, 2)
+        return self.drop(self.act(y))
+
+
+class UpFuse(nn.Module):
+    """Trilinear upsampling to the skip's size, concatenation, 3³ conv + LeakyReLU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = ConvAct(in_ch + skip_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        return self.conv(torch.cat((x, skip), dim=1))
+
+
+def _flow_head(in_ch: int, widths: Sequence[int], out_ch: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers.append(ConvAct(in_ch, w))
+        in_ch = w
+    last = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+    nn.init.normal_(last.weight, std=1e-5)
+    nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
+class MICDIR(nn.Module):
+    """The MICDIR network; ``forward`` gives the full-resolution velocity field.
+
+    ``in_channels`` = channels of ``cat(fixed, moving)`` (2 for one-channel images);
+    ``num_classes`` = velocity components (3 for 3D use; the registry builds other values).
+    """
+
+    is_registration = True
+
+    def __init__(self, in_channels: int = 2, num_classes: int = 3, *,
+                 encoder: Sequence[int] = (16, 32, 32, 32, 32, 32), decoder: Sequence[int] = (32, 32, 32, 32, 32),
+                 nodes: Sequence[int] = (4, 4, 4), graph_hidden: int = 9, gcn: Sequence[int] = (16, 9),
+                 head: Sequence[int] = (16, 16), spatial_dims: int = 3):
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError(f"MICDIR is a 3D network, spatial_dims must be 3, not {spatial_dims}")
+        if len(encoder) != 6 or len(decoder) != 5:
+            raise ValueError("MICDIR has six encoder convs and five decoder fusions")
+        if gcn[-1] != graph_hidden:
+            raise ValueError(f"the last GCN width ({gcn[-1]}) must equal graph_hidden ({graph_hidden})")
+        self.in_channels, self.num_classes, self.spatial_dims = in_channels, num_classes, 3
+        self.fixed_channels = max(1, in_channels // 2)
+        self.input_shape_must_be_divisible_by = [32, 32, 32]
+        enc = list(encoder)
+        self.encoder = nn.ModuleList([ConvAct(in_channels, enc[0])]
+                                     + [ConvAct(enc[i - 1], enc[i], stride=2) for i in range(1, 6)])
+        self.graph = SelfConstructingGraph(enc[5], graph_hidden, nodes)
+        widths = [enc[5], *gcn]
+        self.gcn = nn.ModuleList([GCNLayer(widths[i], widths[i + 1]) for i in range(len(gcn))])
+        dec = list(decoder)
+        ins = [graph_hidden, *dec[:-1]]
+        skips = [enc[4], enc[3], enc[2], enc[1], enc[0]]
+        self.decoder = nn.ModuleList([UpFuse(ins[i], skips[i], dec[i]) for i in range(5)])
+        self.head_full = _flow_head(dec[4] + self.fixed_channels, head, num_classes)
+        self.head_half = _flow_head(dec[3], head, num_classes)
+        for m in (*self.gcn, self.graph):
+            for mod in m.modules():
+                if isinstance(mod, nn.Linear):
+                    nn.init.orthogonal_(mod.weight)
+                    nn.init.zeros_(mod.bias)
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``velocity`` (full res), ``velocity_half`` (half res) and the scalar ``graph_loss``."""
+        feats = []
+        h = x
+        for conv in self.encoder:
+            h = conv(h)
+            feats.append(h)
+        adj, nodes, graph_loss, residual = self.graph(feats[5])
+        g = nodes
+        for layer in self.gcn:
+            g = layer(g, adj)
+        g = adj @ g + residual  # (B, N, hidden)
+        g = g.transpose(1, 2).reshape(x.shape[0], -1, *self.graph.node_shape)
+        g = F.interpolate(g, size=feats[5].shape[2:], mode="trilinear", align_corners=False)
+        half = None
+        for i, fuse in enumerate(self.decoder):
+            g = fuse(g, feats[4 - i])
+            if i == 3:
+                half = g
+        full = self.head_full(torch.cat((x[:, : self.fixed_channels], g), dim=1))
+        return {"velocity": full, "velocity_half": self.head_half(half), "graph_loss": graph_loss}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_train(x)["velocity"]
+
+
+@register_model
+def micdir(**cfg) -> MICDIR:
+    """MICDIR as published (encoder 16, 32×5; 64 graph nodes; full + half resolution velocity heads)."""
+    return MICDIR(**cfg)

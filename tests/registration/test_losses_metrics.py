@@ -1,0 +1,73 @@
+"""Local NCC, diffusion, cycle consistency; Learn2Reg Jacobian, folding and SDlogJ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medpipe.metrics import folding_percent, jacobian_determinant_l2r, registration_label_metrics, sdlogj
+from medpipe.registration import spatial
+from medpipe.registration.losses import cycle_consistency, diffusion, local_ncc
+
+
+def _blobs(seed=0, shape=(24, 24, 24)):
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.random((1, 1, *shape)).astype(np.float32))
+    return torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1)
+
+
+def test_local_ncc_is_minus_one_for_affine_intensity_changes_and_worse_when_shifted():
+    a = _blobs()
+    assert float(local_ncc(a, 3.0 * a)) == pytest.approx(-1.0, abs=1e-3)
+    assert float(local_ncc(a, 3.0 * a + 0.5)) < -0.99  # zero padding at the border breaks the offset slightly
+    shifted = torch.roll(a, 2, dims=3)
+    assert float(local_ncc(a, shifted)) > float(local_ncc(a, a)) + 0.2
+    # the separable box sum equals the dense 9^3 window
+    dense = torch.nn.functional.conv3d(a, torch.ones(1, 1, 9, 9, 9), padding=4)
+    sep = a
+    for k in ((9, 1, 1), (1, 9, 1), (1, 1, 9)):
+        sep = torch.nn.functional.conv3d(sep, torch.ones(1, 1, *k), padding=tuple(s // 2 for s in k))
+    assert torch.allclose(dense, sep, rtol=1e-4, atol=1e-3)
+
+
+def test_diffusion_and_cycle_terms():
+    d = torch.zeros(1, 3, 10, 10, 10)
+    d[:, 0] = 2.0
+    assert float(diffusion(d)) == 0.0
+    assert float(cycle_consistency(d, -d)) < 1e-8  # a translation and its inverse
+    assert float(cycle_consistency(d, d)) == pytest.approx(16.0, rel=1e-3)  # |4 voxels|^2 both ways
+    ramp = spatial.identity_grid((10, 10, 10)) * 0.1
+    assert float(diffusion(ramp)) == pytest.approx(0.01 / 3, rel=1e-4)  # one of 3 components changes per axis
+
+
+def test_learn2reg_jacobian_folding_and_sdlogj_conventions():
+    zero = np.zeros((3, 12, 12, 12), np.float32)
+    jac = jacobian_determinant_l2r(zero)
+    assert jac.shape == (8, 8, 8) and np.allclose(jac, 1.0)
+    assert folding_percent(jac) == 0.0
+    assert sdlogj(jac) == pytest.approx(0.0) and sdlogj(jac, "plain") == pytest.approx(0.0)
+    # a field that reverses axis 0 in a slab folds exactly there
+    fold = zero.copy()
+    i = np.arange(12, dtype=np.float32)[:, None, None]
+    fold[0] = np.where((i >= 5) & (i <= 7), -1.6 * (i - 6), 0.0)
+    j = jacobian_determinant_l2r(fold)
+    assert 0 < folding_percent(j) < 100 and j.min() <= 0
+    # the "+3": J uniform in [0.5, 1.5] -> std(log(J+3)) ~ 0.07, std(log J) ~ 0.29
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0.5, 1.5, 100_000)
+    assert sdlogj(u) == pytest.approx(np.log(u + 3).std()) and 0.06 < sdlogj(u) < 0.08
+    assert 0.27 < sdlogj(u, "plain") < 0.31
+    with pytest.raises(ValueError, match="convention"):
+        sdlogj(u, "other")
+
+
+def test_propagated_label_metrics_follow_learn2reg_presence_rule():
+    fixed = np.zeros((20, 20, 20), np.uint8)
+    fixed[5:15, 5:15, 5:15] = 1
+    warped = np.roll(fixed, 1, axis=0)
+    moving = warped.copy()
+    moving[0, 0, 0] = 3  # label 3 in moving only: NaN
+    m = registration_label_metrics(warped, fixed, [1, 2, 3], spacing=(2.0, 1.0, 1.0), moving=moving)
+    assert m[1]["dice"] == pytest.approx(0.9) and m[1]["hd95"] == pytest.approx(2.0)
+    assert np.isnan(m[2]["dice"]) and np.isnan(m[3]["dice"])

@@ -1,0 +1,45 @@
+"""MICDIR and the VoxelMorph baseline: structure, counts, the training outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medpipe.models import count_parameters, create_model, model_info
+
+
+def test_micdir_structure_and_multiscale_outputs():
+    net = create_model("micdir", in_channels=2, num_classes=3)
+    widths = [blk[0].out_channels for blk in net.encoder]
+    assert widths == [16, 32, 32, 32, 32, 32]
+    assert [blk[0].stride[0] for blk in net.encoder] == [1, 2, 2, 2, 2, 2]
+    assert net.graph.n_nodes == 64 and len(net.gcn) == 2
+    assert count_parameters(net) == 421_379
+    x = torch.rand(1, 2, 64, 64, 64)
+    out = net.train().forward_train(x)
+    assert out["velocity"].shape == (1, 3, 64, 64, 64)
+    assert out["velocity_half"].shape == (1, 3, 32, 32, 32)
+    assert out["graph_loss"].ndim == 0 and torch.isfinite(out["graph_loss"])
+    # the velocity heads start near zero: training begins at the identity
+    assert float(out["velocity"].detach().abs().max()) < 1e-2
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))  # eval: no sampling in the graph, no dropout
+    with pytest.raises(ValueError, match="3D network"):
+        create_model("micdir", spatial_dims=2)
+
+
+def test_voxelmorph_matches_the_pypi_package_parameter_count():
+    assert model_info("voxelmorph", in_channels=2, num_classes=3).params == 105_017
+    vxm = pytest.importorskip("voxelmorph")
+    ref = vxm.nn.models.VxmPairwise(ndim=3, source_channels=1, target_channels=1)
+    ours = create_model("voxelmorph", in_channels=2, num_classes=3)
+    assert count_parameters(ours) == sum(p.numel() for p in ref.parameters())
+    shapes = sorted(tuple(p.shape) for p in ours.parameters())
+    assert shapes == sorted(tuple(p.shape) for p in ref.parameters())
+
+
+def test_voxelmorph_runs_on_sizes_that_are_not_a_multiple_of_32():
+    net = create_model("voxelmorph").eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 2, 40, 48, 36)).shape == (1, 3, 40, 48, 36)

@@ -1,0 +1,70 @@
+"""register(): every method on one phantom pair, the checks that run before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medpipe.errors import GeometryError, InputError
+from medpipe.image import Image
+from medpipe.metrics import dice
+from medpipe.registration.classic import affine_align
+from medpipe.registration.field import DisplacementField, warp_image
+from medpipe.registration.register import register
+
+
+def _tissue_dice(res, fixed_labels, moving_labels) -> float:
+    warped = warp_image(moving_labels, res.field).array[0]
+    return float(np.mean([dice(warped == c, fixed_labels.array[0] == c) for c in (1, 2, 3)]))
+
+
+def test_affine_alignment_recovers_a_known_shift(brain_pair):
+    fixed = brain_pair[0]
+    shift = np.eye(4)
+    shift[:3, 3] = [6.0, -4.0, 2.0]
+    moving = Image(fixed.array.copy(), shift @ fixed.affine, fixed.meta.copy())  # same voxels, moved 6/-4/2 mm
+    m = affine_align(fixed, moving)
+    assert np.allclose(m[:3, 3], [6.0, -4.0, 2.0], atol=0.8) and np.allclose(m[:3, :3], np.eye(3), atol=0.03)
+
+
+@pytest.mark.parametrize("method", ["demons", "bspline"])
+def test_classic_methods_improve_on_affine(brain_pair, method):
+    f, fl, m, ml = brain_pair
+    base = _tissue_dice(register(f, m, "affine"), fl, ml)
+    res = register(f, m, method, **({"demons_iterations": (20, 10, 5)} if method == "demons" else
+                                    {"bspline_iterations": 10}))
+    assert res.field.shape == f.shape and res.warped.same_grid(f)
+    assert _tissue_dice(res, fl, ml) > base + 0.02
+    assert float(res.field.jacobian_determinant().min()) > 0
+
+
+def test_learned_method_with_a_bundle_and_instance_optimisation(brain_pair, tiny_bundle):
+    f, fl, m, ml = brain_pair
+    res = register(f, m, "micdir", bundle=str(tiny_bundle), refine_iterations=5)
+    assert res.field.shape == f.shape and res.facts["refine_iterations"] == 5
+    assert all(n % 32 == 0 for n in res.facts["working_grid"]["shape"])  # grown to hold the whole head
+    assert {"affine_s", "deformable_s"} <= set(res.seconds) and res.total_seconds > 0
+    assert np.isfinite(res.warped.array).all()
+    with pytest.raises(InputError, match="needs a voxelmorph bundle"):
+        register(f, m, "voxelmorph", bundle=str(tiny_bundle))
+
+
+def test_bad_inputs_are_refused_with_one_sentence(brain_pair, tiny_bundle):
+    f, _, m, _ = brain_pair
+    flat = Image(np.ones((1, 40, 48, 1), np.float32), f.affine)
+    with pytest.raises(InputError, match="the moving image is a 2D image"):
+        register(f, flat, "affine")
+    nan = f.with_array(np.where(f.array > 500, np.nan, f.array).astype(np.float32))
+    with pytest.raises(InputError, match=r"the fixed image holds \d+ NaN"):
+        register(nan, m, "demons")
+    ct = m.with_array(m.array)
+    ct.meta.modality = "CT"
+    with pytest.raises(InputError, match="fixed image is MR and the moving image is CT"):
+        register(f, ct, "micdir", bundle=str(tiny_bundle))
+    far = Image(m.array.copy(), m.affine.copy(), m.meta.copy())
+    far.affine[:3, 3] += [500.0, 0.0, 0.0]  # another field of view entirely
+    with pytest.raises(GeometryError, match="do not show the same anatomy"):
+        register(f, far, "demons", affine=False)
+    with pytest.raises(InputError, match="unknown registration method"):
+        register(f, m, "syn")
+    assert DisplacementField.identity(f).shape == f.shape
