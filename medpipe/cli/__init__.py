@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "medpipe.cli.data",
     "medpipe.cli.models",
     "medpipe.cli.segment",
+    "medpipe.cli.doctor",
     "medpipe.cli.registration",
 ]
 

@@ -26,7 +26,7 @@ from medpipe.errors import BundleError, InputError
 from medpipe.image import Image
 from medpipe.models.bundle import Bundle
 
-__all__ = ["SegmentationResult", "segment_image", "check_image_for_bundle"]
+__all__ = ["SegmentationResult", "segment_image", "check_image_for_bundle", "network_input"]
 
 
 @dataclass
@@ -141,6 +141,13 @@ def _cascade_channels(previous: Image, orientation: str, box: list[list[int]], m
     seg[(seg == 0) & ~mask] = -1
     seg = resize_segmentation(seg, new_shape, lowres_axis=axis)
     return np.stack([(seg == v).astype(np.float32) for v in labels])
+
+
+def network_input(image: Image, bundle: Bundle) -> Image:
+    """``image`` preprocessed as ``bundle`` was trained (the network's input grid)."""
+    check_image_for_bundle(image, bundle)
+    prepare = _prepare_nnunet if bundle.config.preprocessing.recipe == "nnunet" else _prepare_medpipe
+    return prepare(image, bundle)[0]
 
 
 def segment_image(image: Image, bundle: Bundle, *, tta: bool | Sequence[int] = False, overlap: float = 0.5,

@@ -72,9 +72,10 @@ def model_key(model: torch.nn.Module, input_shape: Sequence[int], ov_version: st
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{_RECIPE}|{ov_version}|{tuple(int(s) for s in input_shape)}|{type(model).__qualname__}|{model}".encode())
     for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a channels-last weight with size-1 dims counts as contiguous yet has no unit stride
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -157,12 +158,13 @@ class OpenVINONetwork:
 
 def load_openvino_network(model: torch.nn.Module, input_shape: Sequence[int], *,
                           num_threads: int | None = None, cache_dir: Path | None = None,
-                          streams: int = 1) -> OpenVINONetwork:
+                          streams: int = 1, precision: str = "fp32") -> OpenVINONetwork:
     """The OpenVINO version of ``model`` for inputs of ``input_shape`` (batch, channels, *patch),
     compiled for the CPU in fp32: from the in-process cache, else the disk cache, else converted
     (and cached). ``facts`` says which, and how long conversion/compilation took. ``streams``
     > 1 compiles for throughput (the threads split between that many parallel requests; see
-    ``imap``)."""
+    ``imap``). ``precision="bf16"`` compiles the same fp32 IR with OpenVINO's bf16 inference
+    hint (CPUs with AVX512-BF16 or AMX; whether it is faster is measured, ``autotune``)."""
     ov = _import_openvino()
     shape = tuple(int(s) for s in input_shape)
     threads = int(num_threads or torch.get_num_threads())
@@ -173,9 +175,9 @@ def load_openvino_network(model: torch.nn.Module, input_shape: Sequence[int], *,
     hash_s = time.perf_counter() - t0
     folder = (cache_dir or cache_root()) / key
     facts: dict[str, Any] = {"openvino_version": ov.__version__, "cache_key": key, "cache_dir": str(folder),
-                             "hash_seconds": round(hash_s, 3)}
+                             "hash_seconds": round(hash_s, 3), "inference_precision": precision}
     with _LOCK:
-        hit = _COMPILED.get((key, threads, streams))
+        hit = _COMPILED.get((key, threads, streams, precision))
         if hit is not None:
             return OpenVINONetwork(hit, shape, {**facts, "cache": "memory", "convert_seconds": 0.0,
                                                 "compile_seconds": 0.0})
@@ -198,9 +200,9 @@ def load_openvino_network(model: torch.nn.Module, input_shape: Sequence[int], *,
             if problem:
                 facts["cache_write_error"] = problem
         t2 = time.perf_counter()
-        compiled = core.compile_model(om, "CPU", _cpu_config(threads, streams))
+        compiled = core.compile_model(om, "CPU", _cpu_config(threads, streams, precision))
         facts["compile_seconds"] = round(time.perf_counter() - t2, 3)
-        _COMPILED[(key, threads, streams)] = compiled
+        _COMPILED[(key, threads, streams, precision)] = compiled
     return OpenVINONetwork(compiled, shape, facts)
 
 
@@ -217,14 +219,16 @@ def _save(ov, om, folder: Path) -> str | None:
     return None
 
 
-def _cpu_config(threads: int, streams: int = 1) -> dict[str, Any]:
-    """fp32 where the graph is fp32 (an int8 graph's FakeQuantize ops still run in int8):
-    OpenVINO's bf16 mode was slower and less exact on the AVX512-BF16-without-AMX machine.
+def _cpu_config(threads: int, streams: int = 1, precision: str = "fp32") -> dict[str, Any]:
+    """fp32 where the graph is fp32 (an int8 graph's FakeQuantize ops still run in int8),
+    unless bf16 is asked for: OpenVINO's bf16 mode was slower and less exact on the
+    AVX512-BF16-without-AMX Xeon, so it is only chosen where ``autotune`` measured it faster.
     One stream: latency mode, all threads on one request. Several: throughput mode, the
     threads split between parallel requests — an ad-hoc measurement on 2 cores (int8 STU-Net-S,
     96^3; not in RESULTS.md) gave 0.218 vs 0.251 s per patch in one run and 0.159 vs 0.149 s in
     another: no reliable difference per patch; it is steadier per volume (docs/inference.md)."""
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
     if streams > 1:
         return {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
     return {**config, "PERFORMANCE_HINT": "LATENCY"}

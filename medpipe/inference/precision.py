@@ -166,8 +166,8 @@ def resolve_backend(backend: str, plan: PrecisionPlan, stitched_channels: int = 
         return "torch", "requested torch"
 
     if backend == "openvino":
-        if plan.device_type != "cpu" or plan.name != "fp32":
-            raise InputError(f"backend='openvino' runs fp32 on the CPU; got precision {plan.name} on "
+        if plan.device_type != "cpu" or plan.name not in ("fp32", "bf16"):
+            raise InputError(f"backend='openvino' runs fp32 or bf16 on the CPU; got precision {plan.name} on "
                              f"{plan.device_type} (use backend='torch' or 'auto')")
         if not openvino_available():
             raise ResourceError("backend='openvino' needs the 'openvino' package, which is not installed: "

@@ -42,7 +42,7 @@ from medpipe.inference.precision import MANY_CLASSES, PrecisionPlan, resolve_bac
 from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
 from medpipe.kernels import accumulate_patch
 
-__all__ = ["Prediction", "predict", "mirror_combinations", "memory_plan", "resolve_accumulation",
+__all__ = ["Prediction", "predict", "tune_paths", "build_network", "mirror_combinations", "memory_plan", "resolve_accumulation",
            "DEFAULT_BATCH_SIZE", "FP16_ACCUMULATION_MIN_CLASSES", "STITCH_MODES"]
 
 Output = Literal["labels", "probabilities", "both"]
@@ -313,6 +313,87 @@ class _Stitcher:
             self.probs[..., zs] = torch.softmax(self.head.logits(mean), 0).cpu().numpy()
 
 
+def build_network(model: torch.nn.Module, plan: PrecisionPlan, backend_name: str, head: LinearHead | None,
+                  input_shape: Sequence[int], *, streams: int = 1, int8_model: str | Path | None = None,
+                  optimize: bool = True) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
+    """The callable that runs one batch for ``plan`` on ``backend_name`` (features when ``head``
+    is stitched, else logits) and its facts."""
+    if plan.name == "int8":
+        from medpipe.inference.openvino_backend import load_openvino_ir
+
+        network = load_openvino_ir(int8_model, tuple(input_shape), streams=streams)
+        return network, {"openvino": network.facts}
+    if backend_name == "openvino":  # the un-rewritten module: OpenVINO fuses on its own
+        from medpipe.inference.openvino_backend import load_openvino_network
+
+        network = load_openvino_network(FeatureExtractor(model) if head is not None else model, tuple(input_shape),
+                                        streams=streams, precision=plan.name)
+        return network, {"openvino": network.facts}
+    network = plan.prepare_model(optimize_for_inference(model) if optimize else model)
+    return (network.forward_features if head is not None else network), {}
+
+
+def tune_paths(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int], *,
+               num_classes: int, overlap: float = 0.5, batch_size: int | None = None, device: str = "cpu",
+               stitch: str = "auto", output: Output = "labels", int8_model: str | Path | None = None,
+               use_cache: bool = True) -> Any:
+    """What ``predict``'s measured ``auto`` decides for this model and volume
+    (``autotune.TuneResult``); ``use_cache=False`` measures afresh (``medpipe doctor``)."""
+    vol = _as_tensor(image)
+    patch = tuple(int(p) for p in patch_size)
+    pads = pad_amounts(tuple(vol.shape[1:]), patch)
+    tiles = plan_tiles([s + a + b for s, (a, b) in zip(vol.shape[1:], pads, strict=True)], patch, overlap)
+    if any(a or b for a, b in pads):
+        vol = F.pad(vol, [v for a, b in reversed(pads) for v in (a, b)], mode="constant", value=0.0)
+    dev = torch.device(device)
+    return _autotune(model.eval().to(dev), vol.to(dev)[None], tiles, patch, int(batch_size or DEFAULT_BATCH_SIZE),
+                     dev, num_classes, stitch, output, int8_model, use_cache=use_cache)
+
+
+def _autotune(model: torch.nn.Module, vol: torch.Tensor, tiles: TilePlan, patch: tuple[int, ...], batch_size: int,
+              dev: torch.device, num_classes: int, stitch: str, output: str, int8_model: str | Path | None,
+              use_cache: bool = True) -> Any:
+    """Measure the eligible paths on two tiles of this volume (``inference.autotune``)."""
+    from medpipe.inference import autotune as at
+    from medpipe.inference.openvino_backend import model_key
+
+    origins = [o for _, group in tiles.groups() for o in group]
+    picks = [origins[len(origins) // 2], origins[len(origins) // 3]] if len(origins) > 1 else origins * 2
+    sample = torch.cat([vol[(slice(None), slice(None), *(slice(o, o + p) for o, p in zip(org, patch, strict=True)))]
+                        for org in picks])
+    many = output == "labels" and num_classes >= MANY_CLASSES
+
+    def factory(cand: at.Candidate) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
+        def make() -> Callable[[torch.Tensor], torch.Tensor]:
+            plan = resolve_precision(cand.precision, dev, int8_available=int8_model is not None)
+            if cand.backend == "openvino":
+                plan = PrecisionPlan(plan.name, plan.device_type, False, "autotune")
+            head = _stitch_head(stitch, model, num_classes, plan)
+            net, _ = build_network(model, plan, cand.backend, head, (1, vol.shape[1], *patch),
+                                   int8_model=int8_model)
+
+            def run(x: torch.Tensor) -> torch.Tensor:
+                with plan.autocast():
+                    y = net(plan.prepare_input(x))
+                y = (y[0] if isinstance(y, (list, tuple)) else y).float()
+                return head.logits(y[0])[None] if head is not None else y
+            return run
+        return make
+
+    fp32_head = _stitch_head(stitch, model, num_classes, resolve_precision("fp32", dev))
+    stitched = fp32_head.in_channels if fp32_head is not None else num_classes
+    cands = at.candidates(dev, int8_available=int8_model is not None and not many)
+    if output == "labels" and stitched >= MANY_CLASSES:  # stitching dominates; OpenVINO only costs memory
+        cands = [c for c in cands if c.backend == "torch"]
+    shape = (batch_size, vol.shape[1], *patch)
+    try:
+        return at.tune({c: factory(c) for c in cands}, sample, num_classes,
+                       weights_key=model_key(model, shape, "autotune-v1"), device=dev, int8_model=int8_model,
+                       use_cache=use_cache)
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # a channels-last candidate converts it in place
+
+
 def _rich_track(enabled: bool) -> Callable[..., Iterable[Any]]:
     """A transient rich progress bar over the batches (or a plain loop when disabled)."""
 
@@ -344,7 +425,8 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
             progress: bool | Callable[..., Iterable[Any]] = True, memory_budget_gb: float | None = None,
             accumulation: str = "auto", stream: bool = True, sigma_scale: float = 0.125,
             probability_dtype: str = "fp16", optimize: bool = True, backend: str = "auto",
-            int8_model: str | Path | None = None, stitch: str = "auto", sink: Any = None) -> Prediction:
+            int8_model: str | Path | None = None, stitch: str = "auto", sink: Any = None,
+            autotune: bool = True) -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
 
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
@@ -363,6 +445,9 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     ``stitch`` is ``auto|logits|features``: ``features`` stitches the channels in front of the
     model's linear ``head`` and applies it per finalised slab (exact; ``auto`` does so when the
     head has fewer inputs than classes, see ``feature_stitching``).
+    With ``precision`` and ``backend`` both ``auto`` (and ``autotune``) the path is the one
+    ``inference.autotune`` measured fastest on this machine among those that pass the
+    accuracy gate (decided once per weights/shape/machine, cached; see that module).
     ``sink`` (e.g. ``grid_export.GridExport``) receives the stitched mean slab by slab instead
     of the engine deciding labels on the network grid: ``sink.start(shape, head)``, then
     ``sink.consume(mean (C, I, J, n), k0)`` in order; ``Prediction.labels`` is
@@ -385,13 +470,7 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     if precision == "int8" and int8_model is None:
         raise InputError("precision 'int8' needs a quantised model; make one with "
                          "'medpipe models quantize BUNDLE OUT --calibration IMAGES'")
-    plan = resolve_precision(precision, dev, int8_available=int8_model is not None and not many
-                             and backend != "torch")
     model = model.eval().to(dev)
-    head = _stitch_head(stitch, model, num_classes, plan)
-    channels = head.in_channels if head is not None else num_classes
-    backend_name, backend_reason = resolve_backend(backend, plan, channels if output == "labels" else 0)
-    accumulation = resolve_accumulation(accumulation, channels, output)
     flips = mirror_combinations(tta_axes)
     if any(not 0 <= a < 3 for a in tta_axes):
         raise InputError(f"tta_axes must be spatial axes 0, 1 or 2, got {tuple(tta_axes)}")
@@ -399,37 +478,44 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     orig_shape = tuple(vol.shape[1:])
     pads = pad_amounts(orig_shape, patch)
     tiles = plan_tiles([s + a + b for s, (a, b) in zip(orig_shape, pads, strict=True)], patch, overlap)
+    if any(a or b for a, b in pads):
+        flat = [v for a, b in reversed(pads) for v in (a, b)]
+        vol = F.pad(vol, flat, mode="constant", value=0.0)
+    vol = vol.to(dev)[None]
+
+    tuned = None
+    if autotune and precision == "auto" and backend == "auto":
+        tuned = _autotune(model, vol, tiles, patch, batch_size, dev, num_classes, stitch, output,
+                          int8_model if not many else None)
+        precision, backend = tuned.choice.precision, tuned.choice.backend
+    plan = resolve_precision(precision, dev, int8_available=int8_model is not None and not many
+                             and backend != "torch")
+    if backend == "openvino" and plan.name == "bf16":
+        plan = PrecisionPlan("bf16", plan.device_type, False, plan.reason + "; OpenVINO bf16 inference hint")
+    if tuned is not None:
+        plan = PrecisionPlan(plan.name, plan.device_type, plan.channels_last,
+                             f"auto (measured): {tuned.choice.name}, {tuned.reason}")
+    head = _stitch_head(stitch, model, num_classes, plan)
+    channels = head.in_channels if head is not None else num_classes
+    backend_name, backend_reason = resolve_backend(backend, plan, channels if output == "labels" else 0)
+    if tuned is not None:
+        backend_reason = f"auto (measured{', cached' if tuned.cached else ''}): {tuned.choice.name}"
+    accumulation = resolve_accumulation(accumulation, channels, output)
     depth = min(patch[-1], tiles.shape[-1]) if stream else tiles.shape[-1]
-    mem = memory_plan(tiles.shape, patch, num_classes=num_classes, in_channels=vol.shape[0],
+    mem = memory_plan(tiles.shape, patch, num_classes=num_classes, in_channels=vol.shape[1],
                       batch_size=batch_size, output=output, accumulation=accumulation, stream=stream,
                       tta_passes=len(flips), probability_bytes=2 if probability_dtype == "fp16" else 4,
                       stitch_channels=head.in_channels if head is not None else None)
     _check_memory(mem, memory_budget_gb, f"a {num_classes}-class prediction on a {orig_shape} volume")
 
-    if any(a or b for a, b in pads):
-        flat = [v for a, b in reversed(pads) for v in (a, b)]
-        vol = F.pad(vol, flat, mode="constant", value=0.0)
-    vol = vol.to(dev)[None]
-    backend_facts: dict[str, Any] = {}
     # (group index, tile origins, last batch of its group?) in processing order
     batches = [(gi, origins[b0:b0 + batch_size], b0 + batch_size >= len(origins))
                for gi, (_, origins) in enumerate(tiles.groups()) for b0 in range(0, len(origins), batch_size)]
     streams = openvino_streams(len(batches) * len(flips))
-    if plan.name == "int8":
-        from medpipe.inference.openvino_backend import load_openvino_ir
-
-        network = load_openvino_ir(int8_model, (batch_size, vol.shape[1], *patch), streams=streams)
-        backend_facts = {"openvino": network.facts}
-    elif backend_name == "openvino":  # the un-rewritten module: OpenVINO fuses on its own
-        from medpipe.inference.openvino_backend import load_openvino_network
-
-        network = load_openvino_network(FeatureExtractor(model) if head is not None else model,
-                                        (batch_size, vol.shape[1], *patch), streams=streams)
-        backend_facts = {"openvino": network.facts}
-    else:
-        network = plan.prepare_model(optimize_for_inference(model) if optimize else model)
-        if head is not None:
-            network = network.forward_features
+    network, backend_facts = build_network(model, plan, backend_name, head, (batch_size, vol.shape[1], *patch),
+                                           streams=streams, int8_model=int8_model, optimize=optimize)
+    if tuned is not None:
+        backend_facts["autotune"] = tuned.facts()
     gaussian = gaussian_importance_map(patch, sigma_scale, dev)
     acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
     try:
