@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-brain-bundle \
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
+	bench-nnunet train-brain-bundle \
 	train-brain-voxelmorph bench-registration-deps bench-registration
 
 setup: $(STAMP) system-deps
@@ -59,6 +60,32 @@ quantize-ct-bundle: setup
 	  $$(for f in $(QDIR)/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
 	rm -rf medpipe/bundles/ct_organs_phantom && mv $(QDIR)/bundle medpipe/bundles/ct_organs_phantom
 	rm -rf $(QDIR)
+
+# The real nnU-Net (PyPI) in its own venv: the reference the interop benchmark and fixtures need.
+NNUNET_VENV := .venv-nnunet
+NNUNET_STAMP := $(NNUNET_VENV)/.installed-2.8.1
+nnunet-venv: $(NNUNET_STAMP)
+$(NNUNET_STAMP):
+	test -x $(NNUNET_VENV)/bin/python || $(PY) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NNUNET_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(NNUNET_VENV)/bin/python -m pip install -q nnunetv2==2.8.1 torch==2.14.1 torchvision==0.29.1
+	touch $(NNUNET_STAMP)
+
+# Regenerate tests/fixtures/nnunet with nnU-Net's own planner, trainer and predictor (committed;
+# the tests never run nnU-Net). See tests/fixtures/nnunet/make_fixtures.py.
+NNFIX := build/nnunet_fixtures
+nnunet-fixtures: setup nnunet-venv
+	rm -rf $(NNFIX) && mkdir -p $(NNFIX)
+	$(BIN)/medpipe data phantoms $(NNFIX)/raw --cases 6 --shape 48,40,36 --spacing 8,8,8.5 --seed 901
+	PATH=$(CURDIR)/$(NNUNET_VENV)/bin:$$PATH $(NNUNET_VENV)/bin/python tests/fixtures/nnunet/make_fixtures.py \
+	  $(NNFIX)/raw $(NNFIX)/out $(NNFIX)/work
+	rm -rf tests/fixtures/nnunet/results tests/fixtures/nnunet/predictions tests/fixtures/nnunet/imagesTs
+	cp -r $(NNFIX)/out/* tests/fixtures/nnunet/
+
+# medpipe vs nnU-Net's own predictor on a model nnU-Net trains here (benchmarks/RESULTS.md).
+bench-nnunet: setup nnunet-venv
+	$(BIN)/python benchmarks/nnunet_compare.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,106 @@
+"""The nnU-Net side of ``benchmarks/nnunet_compare.py``, run inside ``.venv-nnunet``.
+
+Commands (one JSON object per line on stdin, one JSON reply per line on stdout), so the
+benchmark can interleave nnU-Net and medpipe case by case in one run:
+
+    {"cmd": "train", "raw": DIR, "work": DIR, "trainer": ..., "epochs": E, "iters": I, "fold": F}
+    {"cmd": "load", "results": DIR, "folds": [..]}           # build the predictors once
+    {"cmd": "predict", "image": FILE, "out": FILE, "tta": bool}  # -> {"seconds": s}
+    {"cmd": "quit"}
+
+Everything here is nnU-Net's own code: planner, preprocessing, trainer, predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _env(work: Path) -> None:
+    os.environ.update(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+                      nnUNet_results=str(work / "results"), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
+
+
+def train(raw: str, work: str, trainer: str, epochs: int, iters: int, fold: int) -> dict:
+    import shutil
+
+    import torch
+
+    work_p = Path(work)
+    _env(work_p)
+    dst = work_p / "raw" / "Dataset902_Phantom"
+    if not dst.exists():
+        shutil.copytree(raw, dst, ignore=shutil.ignore_patterns("preview.png"))
+    t0 = time.perf_counter()
+    pre = work_p / "preprocessed" / "Dataset902_Phantom" / "nnUNetPlans.json"
+    if not pre.exists():
+        subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "3d_fullres", "-np", "1"], check=True,
+                       stdout=sys.stderr)
+    t_plan = time.perf_counter() - t0
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    torch.manual_seed(0)
+    tr = get_trainer_from_args("902", "3d_fullres", fold, trainer, "nnUNetPlans", device=torch.device("cpu"))
+    tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch = epochs, iters, 5
+    t1 = time.perf_counter()
+    tr.run_training()
+    return {"results": str(Path(tr.output_folder).parent), "plan_seconds": round(t_plan, 1),
+            "train_seconds": round(time.perf_counter() - t1, 1), "iterations": epochs * iters}
+
+
+class Predictors:
+    def __init__(self) -> None:
+        self.by_tta: dict[bool, object] = {}
+
+    def load(self, results: str, folds: list) -> dict:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        for tta in (False, True):
+            p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                allow_tqdm=False)
+            p.initialize_from_trained_model_folder(results, use_folds=tuple(folds),
+                                                   checkpoint_name="checkpoint_final.pth")
+            self.by_tta[tta] = p
+        return {"ok": True}
+
+    def predict(self, image: str, out: str, tta: bool) -> dict:
+        p = self.by_tta[tta]
+        t0 = time.perf_counter()
+        p.predict_from_files([[image]], [out.removesuffix(".nii.gz")], save_probabilities=False, overwrite=True,
+                             num_processes_preprocessing=1, num_processes_segmentation_export=1)
+        return {"seconds": round(time.perf_counter() - t0, 3)}
+
+
+def main() -> int:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    import contextlib
+
+    preds = Predictors()
+    out = sys.stdout
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg.pop("cmd")
+        if cmd == "quit":
+            break
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints; stdout carries the replies
+                reply = (train(**msg) if cmd == "train" else preds.load(**msg) if cmd == "load"
+                         else preds.predict(**msg))
+        except Exception as exc:  # report, keep serving
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), file=out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
