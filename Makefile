@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle recon-data train-recon-bundle
 
 setup: $(STAMP) system-deps
 
@@ -57,3 +57,19 @@ quantize-ct-bundle: setup
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
+
+# Re-train the shipped CIRIM reconstruction bundle from nothing: simulate k-space from the brain
+# sources (train: MNI152, INIA19, phantoms, ITK complex slice; validation: ITK T1 head; held-out
+# test: Colin27), train (time-boxed to 45 min), evaluate the held-out brain at 4x and 8x.
+KDIR := build/kspace
+recon-data: setup
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source mni152 --slices 90 --planes axial,coronal,sagittal --augment --snr 20,60 --seed 1 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source inia19 --slices 60 --planes axial,coronal,sagittal --augment --snr 20,60 --seed 2 --overwrite
+	for s in 3 4 5; do $(BIN)/python -m medpipe data kspace $(KDIR)/train --source phantom --slices 16 --augment --snr 20,60 --seed $$s --overwrite; done
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source itk_complex --slices 1 --copies 16 --augment --snr 20,60 --seed 6 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/val --source itk_t1 --slices 12 --snr 40 --seed 8 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/test --source colin27 --slices 24 --snr 40 --seed 7 --overwrite
+
+train-recon-bundle: recon-data
+	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
+	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite

@@ -320,16 +320,22 @@ def _read_ismrmrd(path: Path) -> KSpace:
     image_shape = (min(nx, rx), min(ny, ry))
     px = (float(fov.x) / max(1, rx), float(fov.y) / max(1, ry))
     pos0, read, phase, sl_dir = geometry[min(geometry)]
-    if n_slices > 1 and len(geometry) > 1:
-        step = (geometry[max(geometry)][0] - pos0) / (max(geometry) - min(geometry))
+    warnings: list[str] = []
+    if min(np.linalg.norm(read), np.linalg.norm(phase), np.linalg.norm(sl_dir)) < 0.5:
+        affine = axial_affine(image_shape[0], image_shape[1], n_slices, px, float(fov.z or 1.0), tuple(pos0))
+        warnings.append(f"{path.name}: the acquisitions carry no read/phase/slice directions; the image is placed "
+                        "as an axial series")
     else:
-        step = sl_dir * float(fov.z or 1.0)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2] = phase * px[1], read * px[0], step
-    lps[:3, 3] = pos0 - lps[:3, 0] * (image_shape[1] // 2) - lps[:3, 1] * (image_shape[0] // 2)
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+        if n_slices > 1 and len(geometry) > 1:
+            step = (geometry[max(geometry)][0] - pos0) / (max(geometry) - min(geometry))
+        else:
+            step = sl_dir * float(fov.z or 1.0)
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1], lps[:3, 2] = phase * px[1], read * px[0], step
+        lps[:3, 3] = pos0 - lps[:3, 0] * (image_shape[1] // 2) - lps[:3, 1] * (image_shape[0] // 2)
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     mask = sampled[:, None, :] if sampled.shape[0] > 1 and not (sampled == sampled[:1]).all() else sampled[:1, None, :]
-    meta = {"source": str(path), "format": "ismrmrd", "warnings": []}
+    meta = {"source": str(path), "format": "ismrmrd", "warnings": warnings}
     return KSpace(data, mask, affine, image_shape, None, None, meta)
 
 

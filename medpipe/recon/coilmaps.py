@@ -52,23 +52,33 @@ def acs_maps(kspace: np.ndarray, mask: np.ndarray, eps: float = 1e-6) -> np.ndar
 
 
 def espirit_maps(kspace: np.ndarray, mask: np.ndarray, *, kernel_width: int = 6, thresh: float = 0.02,
-                 crop: float = 0.95, max_rows: int = 64) -> np.ndarray:
+                 crop: float = 0.8, max_rows: int = 64) -> np.ndarray:
     """ESPIRiT maps ``(coils, rows, cols)`` (one set) from a rectangular ACS region.
 
     The region is the fully sampled columns x up to ``max_rows`` central readout rows, widened
-    along the rows until the block matrix has at least twice as many rows as unknowns.
+    along the rows (and the kernel narrowed) until the block matrix has at least three times as
+    many rows as unknowns.
     Per pixel the leading eigenvector of the kernel covariance is taken (eigendecomposition of
     the small ``coils x coils`` matrices, not power iterations), phase-referenced to the coil
-    sum, and zeroed where its eigenvalue is below ``crop``.
+    sum, and zeroed where its eigenvalue is below ``crop`` (0.8, BART ``ecalib``'s default: sigpy's
+    0.95 blanks parts of the head when only ~8 ACS lines exist).
     """
     import sigpy as sp
 
     coils, n_rows, _ = kspace.shape
-    rows, cols = _calibration(kspace, mask, kernel_width)
-    n_c = cols.stop - cols.start
+    rows, cols = _calibration(kspace, mask, 3)
+    n_c, avail = cols.stop - cols.start, rows.stop - rows.start
+    # The largest kernel (<= kernel_width) whose block matrix is >= 3x overdetermined: few ACS
+    # lines (8x, small matrices) get a smaller kernel instead of a noisy null space.
+    for kw in range(min(kernel_width, n_c), 2, -1):
+        if (n_c - kw + 1) * (avail - kw + 1) >= 3 * coils * kw * kw:
+            kernel_width = kw
+            break
+    else:
+        kernel_width = min(3, n_c)
     unknowns = coils * kernel_width**2
-    need = int(np.ceil(2 * unknowns / (n_c - kernel_width + 1))) + kernel_width - 1
-    n_r = min(rows.stop - rows.start, max(min(max_rows, rows.stop - rows.start), need))
+    need = int(np.ceil(3 * unknowns / (n_c - kernel_width + 1))) + kernel_width - 1
+    n_r = min(avail, max(min(max_rows, avail), need))
     rc = (rows.start + rows.stop) // 2
     r_sl = slice(max(rows.start, rc - n_r // 2), max(rows.start, rc - n_r // 2) + n_r)
     calib = np.ascontiguousarray(kspace[:, r_sl, cols])

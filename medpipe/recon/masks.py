@@ -136,9 +136,20 @@ def acs_region(mask: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
     the contiguous centre columns; for a 2D mask the largest centred box that is all sampled."""
     m = np.broadcast_to(np.asarray(mask, bool), shape)
     rows, cols = _run(m[:, shape[1] // 2]), _run(m[shape[0] // 2, :])
-    while rows.stop - rows.start > 1 and cols.stop - cols.start > 1 and not m[rows, cols].all():
-        rows = slice(rows.start + 1, rows.stop - 1)
-        cols = slice(cols.start + 1, cols.stop - 1)
-    if not m[rows, cols].all():
+    r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
+    while r1 > r0 and c1 > c0 and not m[r0:r1, c0:c1].all():
+        miss = ~m[r0:r1, c0:c1]
+        edges = [(miss[0].sum(), 0), (miss[-1].sum(), 1), (miss[:, 0].sum(), 2), (miss[:, -1].sum(), 3)]
+        side = max(edges)[1]  # drop the edge line missing the most points
+        if side == 0:
+            r0 += 1
+        elif side == 1:
+            r1 -= 1
+        elif side == 2:
+            c0 += 1
+        else:
+            c1 -= 1
+    rows, cols = slice(r0, r1), slice(c0, c1)
+    if r1 <= r0 or c1 <= c0:
         return slice(0, 0), slice(0, 0)
     return rows, cols

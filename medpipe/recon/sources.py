@@ -26,7 +26,7 @@ import numpy as np
 
 from medpipe.errors import InputError
 
-__all__ = ["SOURCES", "BrainSlice", "source_path", "brain_slices"]
+__all__ = ["SOURCES", "BrainSlice", "source_path", "brain_slices", "augment_slice"]
 
 _MRICRON = Path("/usr/share/mricron/templates")
 _ITK = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
@@ -127,7 +127,9 @@ def _fit(sl: np.ndarray, spacing: tuple[float, float], matrix: int) -> np.ndarra
     return out
 
 
-def _augment(mag: np.ndarray, phase: np.ndarray | None, rng: np.random.Generator):
+def augment_slice(mag: np.ndarray, phase: np.ndarray | None, rng: np.random.Generator,
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random rotation (+-12 deg), scale (0.85-1.15), shift, left-right flip and gamma (0.7-1.4)."""
     from scipy import ndimage
 
     angle, scale = rng.uniform(-12, 12), rng.uniform(0.85, 1.15)
@@ -169,6 +171,6 @@ def brain_slices(name: str, *, matrix: int = 256, n: int | None = None, seed: in
         mag = _fit(_plane(vol, s.plane, s.index), _in_plane(spacing, s.plane), matrix)
         ph = None if phase is None else _fit(_plane(phase, s.plane, s.index), (1.0, 1.0), matrix)
         if augment:
-            mag, ph = _augment(mag, ph, rng)
+            mag, ph = augment_slice(mag, ph, rng)
         s.magnitude, s.phase = mag, ph
     return out

@@ -14,6 +14,10 @@ _STAGE_MODULES: list[str] = [
     "preview",
     "write",
     "segment",
+    "load_kspace",
+    "recon",
+    "recon_report",
+    "write_image",
 ]
 
 for _m in _STAGE_MODULES:
