@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,recon-data]'
 	touch $(STAMP)
 
 # dcm2niix is the reference converter the ingestion tests compare against (Debian package).
@@ -25,6 +25,14 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix) >/dev/null; \
 	  else echo "note: dcm2niix not installed and not root; tests comparing against it will be skipped"; fi; }
+	@# MRI reconstruction: BART (CS baseline), ismrmrd-tools (ISMRMRD test files), real brains for k-space
+	@# simulation (mricron-data: Colin27, INIA19; insighttoolkit5-examples: ITK T1 head, complex slice).
+	@missing=""; for p in bart ismrmrd-tools mricron-data insighttoolkit5-examples; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  else echo "note:$$missing not installed and not root; recon tests and data sources that need them are skipped"; fi; fi
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)

@@ -101,3 +101,22 @@ def test_bad_files_give_one_sentence(tmp_path):
         read_kspace(bad_mask)
     with pytest.raises(InputError, match="does not match k-space"):
         KSpace(np.ones((2, 1, 8, 8), np.complex64), np.ones((1, 8, 5), bool), axial_affine(8, 8, 1))
+
+
+def test_data_kspace_cli_writes_a_simulated_real_brain(tmp_path, capsys):
+    from medpipe.cli import main
+    from medpipe.recon.sources import source_path
+
+    try:
+        source_path("itk_complex")
+    except InputError as exc:
+        pytest.skip(str(exc))
+    rc = main(["data", "kspace", str(tmp_path), "--source", "itk_complex", "--slices", "1", "--copies", "2",
+               "--augment", "--matrix", "128", "--coils", "4", "--snr", "20,40"])
+    assert rc == 0, capsys.readouterr().err
+    ks = read_kspace(tmp_path / "itk_complex_0.h5")
+    assert ks.data.shape == (4, 2, 128, 128) and not ks.is_undersampled
+    assert ks.reference.shape == (2, 128, 128) and 20 <= min(ks.meta["snr"]) <= max(ks.meta["snr"]) <= 40
+    assert not np.allclose(ks.reference[0], ks.reference[1])  # two different augmentations
+    assert main(["data", "kspace", str(tmp_path), "--source", "itk_complex", "--slices", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
