@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     lams: dict[tuple[str, float], float] = {}
     tuning_rows = []
     for acc in (4.0, 8.0):
-        for method, grid in (("cs", [0.001, 0.003, 0.01, 0.03]), ("bart", [0.002, 0.005, 0.01, 0.03])):
+        for method, grid in (("cs", [0.001, 0.003, 0.01]), ("bart", [0.002, 0.005, 0.01])):
             if method == "bart" and not use_bart:
                 continue
             best, table = _tune(val, "equispaced", acc, method, grid, vpick)
@@ -182,7 +182,13 @@ def _report(results, methods, lams, tuning_rows, load_before, load_after, cirim_
     except OSError:
         bart_version = "not installed"
     arch = cirim_bundle.config.arch_config
+    tr = cirim_bundle.config.training or {}
+    uptime = Path("build/recon-train.uptime")
     text = [
+        f"- CIRIM bundle training (`make train-recon-bundle`): {tr.get('iterations')} of {tr.get('planned_iterations')} "
+        f"planned iterations in {float(tr.get('seconds', 0)) / 60:.1f} min on {tr.get('threads')} threads "
+        f"(time box {tr.get('max_minutes', 45)} min); load average when it ran: "
+        f"{' / '.join(line.split('load average:')[-1].strip() for line in uptime.read_text().splitlines()) if uptime.exists() else 'not recorded'}",
         f"- data: held-out Colin27 k-space ({len(pick)} slices of `{args.test}`, 8 coils, 256x256, SNR 40), "
         f"validation ITK T1 head ({args.val_slices} slices of `{args.val}`)",
         f"- CIRIM: `{args.cirim}` ({cirim_bundle.config.architecture} {arch}); RIM: "

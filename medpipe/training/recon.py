@@ -73,24 +73,28 @@ class KSpaceSlices:
     def __init__(self, folder: str | Path) -> None:
         import h5py
 
-        from medpipe.io.kspace import read_kspace
-
         self.folder = Path(folder)
         files = sorted(self.folder.glob("*.h5"))
         if not files:
             raise InputError(f"{self.folder} holds no k-space files (*.h5); write some with medpipe data kspace")
         self.files, self.items, coils, matrix = [], [], set(), set()
         for p in files:
-            meta = read_kspace(p)  # validates format, mask, finiteness (one file at a time)
-            if meta.is_undersampled:
-                raise InputError(f"{p} is undersampled (acceleration {meta.acceleration:.2f}x); training needs "
-                                 "fully sampled k-space (masks are drawn per sample)")
-            coils.add(meta.n_coils)
-            matrix.add(meta.matrix)
-            h = h5py.File(p, "r")
-            self.files.append((p, h, meta.reference))
-            self.items += [(len(self.files) - 1, s) for s in range(meta.n_slices)]
-            del meta
+            try:
+                h = h5py.File(p, "r")
+            except OSError:
+                raise InputError(f"{p} is not an HDF5 file; k-space must be fastMRI, ISMRMRD or medpipe HDF5") from None
+            ds = h.get("kspace")
+            if ds is None or ds.ndim != 4 or not np.issubdtype(ds.dtype, np.complexfloating):
+                raise InputError(f"{p}: training reads fastMRI/medpipe files with a complex 'kspace' dataset "
+                                 "(slices, coils, rows, cols)")
+            if "mask" in h and not np.asarray(h["mask"]).all():
+                raise InputError(f"{p} is undersampled; training needs fully sampled k-space (masks are drawn per "
+                                 "sample)")
+            coils.add(int(ds.shape[1]))
+            matrix.add(tuple(int(v) for v in ds.shape[2:]))
+            ref = np.asarray(h["reconstruction_rss"], np.float32) if "reconstruction_rss" in h else None
+            self.files.append((p, h, ref))
+            self.items += [(len(self.files) - 1, s) for s in range(int(ds.shape[0]))]
         if len(coils) != 1 or len(matrix) != 1:
             raise InputError(f"{self.folder}: files differ in coil count {sorted(coils)} or matrix {sorted(matrix)}; "
                              "one training set needs one coil count and matrix")
@@ -104,6 +108,8 @@ class KSpaceSlices:
         f, s = self.items[i]
         _, h, ref = self.files[f]
         k = np.asarray(h["kspace"][s], np.complex64)
+        if not np.isfinite(k).all():
+            raise InputError(f"{self.files[f][0]}: slice {s} of the k-space holds NaN or infinite values")
         if ref is None:
             from medpipe.recon.fft import ifft2c
             from medpipe.recon.sense import rss
@@ -377,7 +383,7 @@ def _write_bundle(path: Path, model, cfg: ReconTrainConfig, train: KSpaceSlices,
         training={"sources": sources, "slices": len(train), "iterations": iterations,
                   "planned_iterations": cfg.iterations, "batch_size": cfg.batch_size, "crop_rows": cfg.crop_rows,
                   "lr": cfg.lr, "loss": f"{cfg.l1_weight} L1 + {cfg.ssim_weight} (1 - SSIM), logspace weights",
-                  "seed": cfg.seed, "seconds": round(seconds, 1), "threads": cfg.threads,
+                  "seed": cfg.seed, "seconds": round(seconds, 1), "threads": cfg.threads, "max_minutes": cfg.max_minutes,
                   "last_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
         evaluation=None if evaluation is None else {"held_out": str(test_dir), "per_mask": evaluation},
     )

@@ -48,7 +48,7 @@ def test_resume_and_refusals(kspace_dir, tmp_path):
     under = tmp_path / "under"
     ks = small_kspace(slices=1)
     write_kspace(ks.undersample(np.tile([True, False], 32)[None]), under / "u.h5")
-    with pytest.raises(InputError, match="training needs fully sampled k-space"):
+    with pytest.raises(InputError, match="is undersampled; training needs fully sampled k-space"):
         train_recon(under, None, cfg, work_dir=tmp_path / "y")
 
 
