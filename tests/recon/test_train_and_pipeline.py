@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from recon_helpers import small_kspace
 
 from medpipe.cli import main
 from medpipe.errors import BundleError, InputError
@@ -17,7 +18,6 @@ from medpipe.models.bundle import load_bundle
 from medpipe.pipeline.stage import StageContext
 from medpipe.pipeline.stages.load_kspace import LoadKSpace
 from medpipe.pipeline.stages.recon import Recon, load_recon_model
-from recon_helpers import small_kspace
 
 
 def test_bundle_contents(tiny_bundle):
