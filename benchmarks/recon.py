@@ -176,6 +176,8 @@ def _report(results, methods, lams, tuning_rows, load_before, load_after, cirim_
                 f"{ratio_sigpy:.2f}x of sigpy CS")
         if "rim" in res:
             line += f"; CIRIM - RIM SSIM {c['ssim'] - res['rim']['ssim']:+.4f} ({'met' if c['ssim'] >= res['rim']['ssim'] else 'MISSED'})"
+        line += (f". Inside the head: CIRIM SSIM fg {c['ssim_fg']:.4f} vs {best} {res[best]['ssim_fg']:.4f} "
+                 f"({c['ssim_fg'] - res[best]['ssim_fg']:+.4f}), PSNR {c['psnr'] - res[best]['psnr']:+.2f} dB")
         goals.append(line)
     try:
         bart_version = subprocess.run(["bart", "version"], capture_output=True, text=True).stdout.strip()
