@@ -123,3 +123,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys, kspace_dir):
     (tmp_path / "empty").mkdir()
     assert main(["train-recon", str(tmp_path / "empty"), "-o", str(tmp_path / "b")]) == 2
     assert "holds no k-space files (*.h5)" in capsys.readouterr().err
+
+
+def test_recon_bundle_in_cli_and_in_segmentation_stages(tiny_bundle, capsys, tmp_path):
+    from medpipe.image import Image
+    from medpipe.pipeline.stages.segment import Segment
+
+    assert main(["models", "show", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "coils         4" in out and "held-out equispaced_4x: SSIM" in out
+    img = Image(np.zeros((1, 8, 8, 8), np.float32), np.eye(4))
+    img.meta.modality = "MR"
+    with pytest.raises(BundleError, match="is a recon bundle; the segment stage needs a segmentation bundle"):
+        Segment({"bundle": str(tiny_bundle)}).run({"image": img}, _ctx(tmp_path, "seg"))

@@ -73,6 +73,8 @@ class Segment(Stage):
             ctx.warn(f"stage {ctx.stage!r}: the image has no modality; cannot check it against the bundle")
         bundle = load_bundle(resolve_bundle_path(p.bundle), expect_modality=modality or None)
         cfg = bundle.config
+        if cfg.task != "segment":
+            raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle; the segment stage needs a segmentation bundle")
         if image.n_channels != len(cfg.channels):
             raise BundleError(f"bundle {cfg.name} expects {len(cfg.channels)} channel(s) ({', '.join(cfg.channels)}), "
                               f"the image has {image.n_channels}")
