@@ -8,8 +8,8 @@ STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
-	bench-nnunet train-brain-bundle \
-	train-brain-voxelmorph bench-registration-deps bench-registration
+	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
+	train-recon-bundle
 
 setup: $(STAMP) system-deps
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,recon-data,registration]'
 	touch $(STAMP)
 
 # dcm2niix is the reference converter the ingestion tests compare against (Debian package).
@@ -27,10 +27,14 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix) >/dev/null; \
 	  else echo "note: dcm2niix not installed and not root; tests comparing against it will be skipped"; fi; }
-	@test -f /usr/share/mricron/templates/ch2bet.nii.gz || { \
+	@# MRI reconstruction: BART (CS baseline), ismrmrd-tools (ISMRMRD test files), real brains for k-space
+	@# simulation (mricron-data: Colin27, INIA19; insighttoolkit5-examples: ITK T1 head, complex slice).
+	@missing=""; for p in bart ismrmrd-tools mricron-data insighttoolkit5-examples; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data) >/dev/null; \
-	  else echo "note: mricron-data (Colin27, AAL) not installed; benchmarks/registration.py needs it"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  else echo "note:$$missing not installed and not root; recon tests and data sources that need them are skipped"; fi; fi
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
@@ -110,3 +114,19 @@ bench-registration-deps: setup system-deps
 bench-registration: bench-registration-deps
 	test -d build/bundles/brain_voxelmorph || $(MAKE) train-brain-voxelmorph
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration.py --threads 1
+
+# Re-train the shipped CIRIM reconstruction bundle from nothing: simulate k-space from the brain
+# sources (train: MNI152, INIA19, phantoms, ITK complex slice; validation: ITK T1 head; held-out
+# test: Colin27), train (time-boxed to 45 min), evaluate the held-out brain at 4x and 8x.
+KDIR := build/kspace
+recon-data: setup
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source mni152 --slices 90 --planes axial,coronal,sagittal --augment --snr 20,60 --seed 1 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source inia19 --slices 60 --planes axial,coronal,sagittal --augment --snr 20,60 --seed 2 --overwrite
+	for s in 3 4 5; do $(BIN)/python -m medpipe data kspace $(KDIR)/train --source phantom --slices 16 --augment --snr 20,60 --seed $$s --overwrite; done
+	$(BIN)/python -m medpipe data kspace $(KDIR)/train --source itk_complex --slices 1 --copies 16 --augment --snr 20,60 --seed 6 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/val --source itk_t1 --slices 12 --snr 40 --seed 8 --overwrite
+	$(BIN)/python -m medpipe data kspace $(KDIR)/test --source colin27 --slices 24 --snr 40 --seed 7 --overwrite
+
+train-recon-bundle: recon-data
+	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
+	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite

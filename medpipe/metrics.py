@@ -56,6 +56,9 @@ __all__ = [
     "folding_percent",
     "sdlogj",
     "registration_label_metrics",
+    "ssim",
+    "psnr",
+    "nmse",
 ]
 
 
@@ -334,3 +337,48 @@ def registration_label_metrics(
         d_pred, d_gt = surface_distances(w, f, sp)
         out[int(lab)] = {"dice": dice(w, f, ignore_empty=False), "hd95": _hd_from(d_pred, d_gt, 95.0)}
     return out
+# --------------------------------------------------------------------- reconstruction
+def _as_volume(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return a[None] if a.ndim == 2 else a
+
+
+def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None, win: int = 7) -> float:
+    """fastMRI's SSIM of magnitude images: per slice, 7x7 uniform window, ``data_range`` = the
+    *volume's* maximum, then the mean over slices.
+
+    Our own (scipy ``uniform_filter``, no scikit-image needed at run time) but the same numbers
+    as ``skimage.metrics.structural_similarity`` (K1 0.01, K2 0.03, sample covariance, the
+    border of half a window left out); the tests compare the two.
+    """
+    g, p = _as_volume(gt), _as_volume(pred)
+    if g.shape != p.shape:
+        raise ValueError(f"reconstruction shape {p.shape} differs from the reference {g.shape}")
+    dr = float(g.max()) if data_range is None else float(data_range)
+    c1, c2 = (0.01 * dr) ** 2, (0.03 * dr) ** 2
+    n = win * win
+    cov = n / (n - 1)
+    pad = (win - 1) // 2
+    vals = []
+    for a, b in zip(g, p, strict=True):
+        ua, ub = ndimage.uniform_filter(a, win), ndimage.uniform_filter(b, win)
+        uaa, ubb, uab = (ndimage.uniform_filter(a * a, win), ndimage.uniform_filter(b * b, win),
+                         ndimage.uniform_filter(a * b, win))
+        va, vb, vab = cov * (uaa - ua * ua), cov * (ubb - ub * ub), cov * (uab - ua * ub)
+        s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+        vals.append(s[pad:s.shape[0] - pad, pad:s.shape[1] - pad].mean())
+    return float(np.mean(vals))
+
+
+def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
+    """fastMRI's PSNR in dB with ``data_range`` = the volume's maximum."""
+    g, p = _as_volume(gt), _as_volume(pred)
+    dr = float(g.max()) if data_range is None else float(data_range)
+    mse = float(np.mean((g - p) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(dr * dr / mse))
+
+
+def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Normalised MSE ``‖gt − pred‖² / ‖gt‖²`` over the volume (fastMRI's)."""
+    g, p = _as_volume(gt), _as_volume(pred)
+    return float(np.linalg.norm(g - p) ** 2 / np.linalg.norm(g) ** 2)

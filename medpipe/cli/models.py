@@ -77,13 +77,19 @@ def show(bundle: Path = typer.Argument(..., help="Bundle folder (model.yaml + we
     from rich.console import Console
     from rich.table import Table
 
-    pre = cfg.preprocessing
-    norm = pre.normalization
     console = Console()
     console.print(f"[bold]{cfg.name}[/bold] {cfg.version} — {cfg.description or 'no description'}")
     console.print(f"  architecture  {cfg.architecture} ({params / 1e6:,.2f} M params)"
                   + (f" {extra}" if extra else ""))
     console.print(f"  modality      {cfg.modality}, channels {', '.join(cfg.channels)}")
+    if cfg.task == "recon":  # k-space in, image out: no labels or preprocessing
+        for key, value in (cfg.recon or {}).items():
+            console.print(f"  {key:<13} {value}")
+        for key, value in ((cfg.evaluation or {}).get("per_mask") or {}).items():
+            console.print(f"  held-out {key}: SSIM {value.get('ssim')}, PSNR {value.get('psnr')}, NMSE {value.get('nmse')}")
+        return
+    pre = cfg.preprocessing
+    norm = pre.normalization
     console.print(f"  orientation   {pre.orientation}, spacing {pre.spacing} mm, patch {pre.patch_size}")
     stats = ", ".join(f"{k} {v}" for k, v in (("clip", norm.clip and list(norm.clip)), ("mean", norm.mean),
                                                 ("std", norm.std)) if v is not None)

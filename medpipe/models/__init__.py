@@ -15,18 +15,21 @@ from medpipe.models.registry import (
     is_model,
     list_models,
     model_info,
+    model_task,
     normalize_name,
     register_model,
+    with_task,
 )
 
 __all__ = ["ModelInfo", "count_parameters", "create_model", "is_model", "list_models", "model_info",
-           "normalize_name", "register_model"]
+           "model_task", "normalize_name", "register_model", "with_task"]
 
 _FAMILY_MODULES = [
     "medpipe.models.stunet",
     "medpipe.models.nnunet_unet",
     "medpipe.models.micdir",
     "medpipe.models.voxelmorph",
+    "medpipe.models.rim",
 ]
 
 for _name in _FAMILY_MODULES:

@@ -235,10 +235,12 @@ class BundleConfig(_Strict):
     modality: Literal["CT", "MR"]
     channels: list[str] = Field(min_length=1)
     # segmentation bundles name every output class; registration bundles output a velocity
-    # field (arch_config.num_classes = 3 components) and carry their settings in `registration`
-    task: Literal["segmentation", "registration"] = "segmentation"
+    # field (arch_config.num_classes = 3 components) and carry their settings in `registration`;
+    # recon bundles (k-space in, image out) carry a `recon` block instead of labels/preprocessing
+    task: Literal["segmentation", "registration", "recon"] = "segmentation"
     labels: dict[int, LabelInfo] = Field(default_factory=dict)
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None = None
+    recon: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     quantization: Quantization | None = None
@@ -268,6 +270,17 @@ class BundleConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleConfig:
+        from medpipe.models import model_task
+
+        if model_task(self.architecture) != self.task:
+            raise ValueError(f"architecture {self.architecture} is a {model_task(self.architecture)} model but the "
+                             f"bundle's task is {self.task!r}")
+        if self.task == "recon":
+            if self.recon is None:
+                raise ValueError("a recon bundle needs a 'recon' block (coils, accelerations, coil maps)")
+            return self
+        if self.preprocessing is None:
+            raise ValueError("a segmentation bundle needs a 'preprocessing' block")
         for key in ("in_channels", "num_classes"):
             if not isinstance(self.arch_config.get(key), int):
                 raise ValueError(f"arch_config.{key} must be an integer")

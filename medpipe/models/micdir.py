@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpipe.models.registry import register_model
+from medpipe.models.registry import register_model, with_task
 
 __all__ = ["ConvAct", "SelfConstructingGraph", "GCNLayer", "UpFuse", "MICDIR", "micdir"]
 
@@ -189,6 +189,7 @@ class MICDIR(nn.Module):
 
 
 @register_model
+@with_task("registration")
 def micdir(**cfg) -> MICDIR:
     """MICDIR as published (encoder 16, 32×5; 64 graph nodes; full + half resolution velocity heads)."""
     return MICDIR(**cfg)

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "normalize_name",
-           "is_model", "ModelInfo", "count_parameters"]
+           "is_model", "ModelInfo", "count_parameters", "model_task", "with_task"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
+_TASK: dict[str, str] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -34,7 +35,23 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         raise ValueError(f"model {name!r} is registered twice")
     _MODELS[name] = fn
     _FAMILY[name] = fn.__module__.rsplit(".", 1)[-1]
+    _TASK[name] = getattr(fn, "task", "segmentation")
     return fn
+
+
+def with_task(task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Mark a factory's task (put it under ``@register_model``): ``registration`` (fixed +
+    moving in, a velocity field out) or ``recon`` (k-space in, complex image out)."""
+    def mark(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        fn.task = task  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def model_task(name: str) -> str:
+    """``segmentation`` (image in, class logits out) or what a factory declares
+    (``registration``, ``recon``), so tools build each model with the inputs it takes."""
+    return _TASK[normalize_name(name)]
 
 
 def normalize_name(name: str) -> str:
@@ -84,7 +101,8 @@ class ModelInfo:
 def model_info(name: str, in_channels: int = 1, num_classes: int = 2, **cfg) -> ModelInfo:
     """Family, spatial dims and parameter count, built on the ``meta`` device (no memory)."""
     key = normalize_name(name)
+    io = {"in_channels": in_channels, "num_classes": num_classes} if _TASK.get(key) != "recon" else {}
     with torch.device("meta"):
-        model = create_model(key, in_channels=in_channels, num_classes=num_classes, **cfg)
+        model = create_model(key, **io, **cfg)
     dims = int(getattr(model, "spatial_dims", 3))
     return ModelInfo(name=key, family=_FAMILY[key], dims=dims, params=count_parameters(model))

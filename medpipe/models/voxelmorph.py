@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpipe.models.registry import register_model
+from medpipe.models.registry import register_model, with_task
 
 __all__ = ["VoxelMorphUNet", "voxelmorph"]
 
@@ -79,6 +79,7 @@ class VoxelMorphUNet(nn.Module):
 
 
 @register_model
+@with_task("registration")
 def voxelmorph(**cfg) -> VoxelMorphUNet:
     """VoxelMorph-style diffeomorphic U-Net (5 levels × 16 features; 105,017 params at 2 → 3)."""
     return VoxelMorphUNet(**cfg)

@@ -26,6 +26,7 @@ __all__ = [
     "FilesArtifact",
     "StudyInputArtifact",
     "FieldArtifact",
+    "KSpaceArtifact",
     "ARTIFACT_TYPES",
 ]
 
@@ -247,6 +248,35 @@ class FieldArtifact(Artifact):
         return out
 
 
+
+class KSpaceArtifact(Artifact):
+    """Multi-coil k-space with mask and geometry (``medpipe.io.kspace.KSpace``), as medpipe HDF5."""
+
+    name = "kspace"
+    description = "multi-coil k-space + sampling mask + acquisition geometry (HDF5)"
+
+    @classmethod
+    def check(cls, value: Any, where: str) -> None:
+        from medpipe.io.kspace import KSpace
+
+        if not isinstance(value, KSpace):
+            raise PipelineError(f"{where} must be KSpace, got {type(value).__name__}")
+
+    @classmethod
+    def save(cls, value: Any, stem: Path) -> list[Path]:
+        from medpipe.io.kspace import write_kspace
+
+        return [write_kspace(value, stem.with_name(stem.name + ".h5"))]
+
+    @classmethod
+    def load(cls, stem: Path) -> Any:
+        from medpipe.io.kspace import read_kspace
+
+        return read_kspace(stem.with_name(stem.name + ".h5"))
+
+
+
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {
-    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact, StudyInputArtifact, FieldArtifact)
+    t.name: t for t in (ImageArtifact, LabelArtifact, TableArtifact, FilesArtifact, StudyInputArtifact, FieldArtifact,
+                        KSpaceArtifact)
 }

@@ -2,8 +2,8 @@
 
 The rule, in order:
 
-1. A file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``, ``.zip``, or a single
-   DICOM file) is one study.
+1. A file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``, ``.zip``, a k-space
+   ``.h5``/``.hdf5``, or a single DICOM file) is one study.
 2. A folder that directly contains DICOM files (by the ``DICM`` magic or a ``.dcm``
    suffix; a DICOMDIR counts) is one study.
 3. A folder whose DICOM-holding sub-folders all hold series of the *same*
@@ -26,7 +26,7 @@ from medpipe.pipeline.runner import study_name_of
 
 __all__ = ["discover_studies", "is_dicom_file"]
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")  # .h5: raw k-space
 
 
 def is_dicom_file(path: Path) -> bool:

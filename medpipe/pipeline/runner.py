@@ -54,7 +54,7 @@ __all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink
 
 EventSink = Callable[[dict[str, Any]], None]
 RECORD = "_record.json"
-_STUDY_SUFFIXES = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd")
+_STUDY_SUFFIXES = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_shipped_brain_bundle_is_small_complete_and_refused_by_segment(tmp_path)
 
     held_out = json.loads((SHIPPED / "held_out_evaluation.json").read_text())  # written by benchmarks/registration.py
     assert {"Colin27 -> MNI152", "MNI152 -> Colin27"} <= set(held_out["pairs"])
-    with pytest.raises(BundleError, match="is a registration model; use it with the register"):
+    with pytest.raises(BundleError, match="is a registration bundle; the segment stage needs a segmentation bundle .use the register"):
         image = read_volume(SHIPPED / settings.atlas_image)
         get_stage("segment")({"bundle": "brain_micdir"}).run({"image": image}, StageContext("s", tmp_path))
     with pytest.raises(BundleError, match="not a registration model"):

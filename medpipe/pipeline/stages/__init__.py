@@ -21,6 +21,10 @@ _STAGE_MODULES: list[str] = [
     "propagate_labels",
     "load_image",
     "difference",
+    "load_kspace",
+    "recon",
+    "recon_report",
+    "write_image",
 ]
 
 for _m in _STAGE_MODULES:

@@ -18,6 +18,10 @@ def bundle_preprocessing(path: str) -> Any:
     The path is resolved like the segment stage resolves it (absolute, relative, or a
     bundle shipped with medpipe), so one ``bundle:`` value works for every stage.
     """
+    from medpipe.errors import BundleError
     from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
-    return load_bundle(resolve_bundle_path(path)).config.preprocessing
+    cfg = load_bundle(resolve_bundle_path(path)).config
+    if cfg.preprocessing is None:
+        raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle and has no image preprocessing")
+    return cfg.preprocessing

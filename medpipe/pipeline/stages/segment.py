@@ -60,8 +60,9 @@ class Segment(Stage):
         bundle = load_bundle(resolve_bundle_path(p.bundle), expect_modality=modality or None)
         cfg = bundle.config
         if cfg.task != "segmentation":
-            raise BundleError(f"bundle {cfg.name} is a {cfg.task} model; use it with the register or "
-                              "propagate_labels stage, not segment")
+            use = {"registration": "the register or propagate_labels stage", "recon": "the recon stage"}
+            raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle; the segment stage needs a segmentation "
+                              f"bundle (use {use.get(cfg.task, 'another stage')})")
         if image.n_channels != len(cfg.channels):
             raise BundleError(f"bundle {cfg.name} expects {len(cfg.channels)} channel(s) ({', '.join(cfg.channels)}), "
                               f"the image has {image.n_channels}")
