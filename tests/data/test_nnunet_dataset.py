@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 
 from medpipe.cli import main
+from medpipe.data.example_study import EXAMPLE_CT_SHAPE
 from medpipe.data.nnunet_dataset import flip_axes
 from medpipe.data.phantoms import CT_LABELS, ct_phantom
 from medpipe.io.volumes import read_volume
@@ -76,7 +77,7 @@ def test_example_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "series   2" in text and "SR" in text
     dcm = [p for p in out.rglob("*") if p.is_file() and p.suffix == ".dcm"]
-    assert len(dcm) == 96 + 25 + 1
+    assert len(dcm) == EXAMPLE_CT_SHAPE[2] + 25 + 1  # axial slices, coronal reformat, SR
     uids = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in dcm}
     assert len(uids) == 1
     assert (out / "README.txt").is_file() and (out / "ground_truth" / "ct_labels.nii.gz").is_file()
