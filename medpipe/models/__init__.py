@@ -24,6 +24,9 @@ __all__ = ["ModelInfo", "count_parameters", "create_model", "is_model", "list_mo
 
 _FAMILY_MODULES = [
     "medpipe.models.stunet",
+    "medpipe.models.paratranscnn",
+    "medpipe.models.transdae",
+    "medpipe.models.smp_unet",
 ]
 
 for _name in _FAMILY_MODULES:
