@@ -51,6 +51,8 @@ def preprocess_image(image: Image, preprocessing: dict[str, Any], label: Image |
         out, _ = crop_to_bbox(out, box)
         lab = crop_to_bbox(lab, box)[0] if lab is not None else None
     spacing = list(preprocessing["spacing"])
+    if len(spacing) == 2:  # a 2D bundle: in-plane spacing; the slice axis (K) keeps its own
+        spacing = [*spacing, None]
     out, _ = resample_to_spacing(out, spacing)
     norm = dict(preprocessing["normalization"])
     scheme = norm.pop("scheme")
