@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-ct-2d-bundle
 
 setup: $(STAMP) system-deps
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,2d]'
 	touch $(STAMP)
 
 # dcm2niix is the reference converter the ingestion tests compare against (Debian package).
@@ -54,6 +54,10 @@ quantize-ct-bundle: setup
 	  $$(for f in $(QDIR)/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
 	rm -rf medpipe/bundles/ct_organs_phantom && mv $(QDIR)/bundle medpipe/bundles/ct_organs_phantom
 	rm -rf $(QDIR)
+
+# Re-train the shipped 2D bundle (ParaTransCNN-tiny on axial phantom slices, Synapse labels) from nothing.
+train-ct-2d-bundle: setup
+	$(BIN)/python -m medpipe.training.recipe configs/train_ct_phantom_2d.yaml -o medpipe/bundles/ct_organs_2d_phantom --overwrite
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -26,8 +26,8 @@ def _ints(text: str | None, what: str, n: int = 3) -> list[int] | None:
         raise InputError(f"{what} must be {n} comma-separated integers such as 64,64,64, got {text!r}") from exc
     if len(vals) == 1:
         vals = vals * n
-    if len(vals) != n:
-        raise InputError(f"{what} must have {n} values, got {text!r}")
+    if len(vals) not in (2, n):  # two values: an in-plane patch for a 2D network
+        raise InputError(f"{what} must have {n} values (2 for a 2D network), got {text!r}")
     return vals
 
 
@@ -60,6 +60,8 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="YAML with a training: section (CLI options override it)."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Checkpoints/cache folder (default BUNDLE.work)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoint_latest.pt."),
+    slices: str | None = typer.Option(None, "--slices", help="2D networks on 3D volumes: train on axial, coronal or sagittal slices."),
+    init_weights: Path | None = typer.Option(None, "--init-weights", help="Pretrained weights file (e.g. an ImageNet ResNet-34 .pth for paratranscnn)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle / start a new run."),
 ) -> None:
     """Plan, preprocess, train with validation, evaluate held-out cases and save the bundle."""
@@ -72,7 +74,8 @@ def train(
         "model": model.replace("-", "_").lower() if model else None, "epochs": epochs,
         "iters_per_epoch": iters_per_epoch, "patch_size": _ints(patch, "--patch"),
         "spacing": _floats(spacing, "--spacing"), "batch_size": batch_size, "fold": fold,
-        "optimizer": optimizer, "lr": lr, "precision": precision,
+        "optimizer": optimizer, "lr": lr, "precision": precision, "slices": slices,
+        "init_weights": str(init_weights) if init_weights else None,
     }
     cfg = load_train_config(config, overrides)
     result = run_training(dataset, out, cfg, work_dir=work_dir, resume=resume, overwrite=overwrite or resume)

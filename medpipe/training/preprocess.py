@@ -30,6 +30,8 @@ MAX_LOCATIONS = 10_000
 def plan_hash(plan: Plan) -> str:
     keys = ("spacing", "normalization", "crop_foreground")
     doc = {k: plan.to_dict()[k] for k in keys}
+    if plan.orientation != "RAS":  # 2D plans on coronal/sagittal slices
+        doc["orientation"] = plan.orientation
     return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -108,7 +110,7 @@ def preprocess_dataset(cases: list[Case], plan: Plan, work_dir: str | Path, prog
 def preprocessing_block(plan: Plan) -> dict[str, Any]:
     """The bundle ``preprocessing`` section for ``plan``."""
     return {
-        "orientation": "RAS",
+        "orientation": plan.orientation,
         "spacing": list(plan.spacing),
         "normalization": dict(plan.normalization),
         "patch_size": list(plan.patch_size),

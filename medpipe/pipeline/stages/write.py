@@ -14,16 +14,16 @@ from medpipe.pipeline.stages._labels import label_colors, label_names, present_l
 
 __all__ = ["Write"]
 
-_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm"}
+_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm", "png": ".png"}  # png: one-slice label maps
 
 
 @register_stage
 class Write(Stage):
     kind = "write"
-    description = "write the label map as NIfTI, NRRD and/or DICOM SEG (referencing the source series)"
+    description = "write the label map as NIfTI, NRRD, PNG (2D pictures) and/or DICOM SEG (referencing the source series)"
 
     class Params(StageParams):
-        formats: list[Literal["nifti", "nrrd", "dicom_seg"]] = ["nifti"]
+        formats: list[Literal["nifti", "nrrd", "dicom_seg", "png"]] = ["nifti"]
         name: str = "segmentation"  # file stem
         seg_type: Literal["binary", "labelmap"] = "binary"
         series_description: str = "medpipe segmentation"
@@ -59,7 +59,7 @@ class Write(Stage):
         files: dict[str, Path] = {}
         for fmt in dict.fromkeys(p.formats):
             out = ctx.workdir / f"{stem}{_SUFFIX[fmt]}"
-            if fmt in ("nifti", "nrrd"):
+            if fmt in ("nifti", "nrrd", "png"):
                 write_volume(labels, out)
             else:
                 files[fmt] = self._dicom_seg(labels, source, out, ctx)
