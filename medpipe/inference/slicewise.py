@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+
 from medpipe.errors import InputError
 
 __all__ = ["SliceWise", "is_2d", "slab_patch", "DEFAULT_SLICES_PER_BATCH", "check_min_size"]

@@ -99,7 +99,6 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 
 def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
     from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_COLORS, MR_LABELS
-
     from medpipe.data.synapse import SYNAPSE_COLORS
 
     known = ({n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
