@@ -4,6 +4,7 @@ Example:
     medpipe train Dataset001_CT --model stunet-xs -o bundles/ct --epochs 40 --iters-per-epoch 50 \\
         --patch 48,48,48 --fold 0
     medpipe train Dataset001_CT -o bundles/ct --resume      # continue from checkpoint_latest.pt
+    medpipe train Dataset001_CT --model paratranscnn --slices axial -o bundles/ct2d   # a 2D network on slices
 """
 
 from __future__ import annotations
