@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-ct-2d-bundle
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-ct-2d-bundle \
+	quantize-ct-2d-bundle
 
 setup: $(STAMP) system-deps
 
@@ -55,9 +56,19 @@ quantize-ct-bundle: setup
 	rm -rf medpipe/bundles/ct_organs_phantom && mv $(QDIR)/bundle medpipe/bundles/ct_organs_phantom
 	rm -rf $(QDIR)
 
-# Re-train the shipped 2D bundle (ParaTransCNN-tiny on axial phantom slices, Synapse labels) from nothing.
+# Re-train the shipped 2D bundle (ParaTransCNN-tiny on axial phantom slices, Synapse labels) from nothing,
+# then give it its int8 model (the 2D graph, calibrated on single slices of 3 unseen phantoms).
 train-ct-2d-bundle: setup
 	$(BIN)/python -m medpipe.training.recipe configs/train_ct_phantom_2d.yaml -o medpipe/bundles/ct_organs_2d_phantom --overwrite
+	$(MAKE) quantize-ct-2d-bundle
+
+quantize-ct-2d-bundle: setup
+	rm -rf $(QDIR)2d && mkdir -p $(QDIR)2d
+	$(BIN)/medpipe data phantoms $(QDIR)2d/calibration --cases 3 --seed 4242
+	$(BIN)/medpipe models quantize medpipe/bundles/ct_organs_2d_phantom $(QDIR)2d/bundle \
+	  $$(for f in $(QDIR)2d/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
+	rm -rf medpipe/bundles/ct_organs_2d_phantom && mv $(QDIR)2d/bundle medpipe/bundles/ct_organs_2d_phantom
+	rm -rf $(QDIR)2d
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -235,7 +235,7 @@ def train(
     elif cfg.augment:
         augmenter = Augmenter(seed=cfg.seed, elastic=cfg.elastic, mirror_axes=tuple(plan.tta_axes))
     weight_ce, weight_dice = cfg.loss_weights or ((0.5, 0.5) if two_d else (1.0, 1.0))
-    loss_fn = DeepSupervisionLoss(DiceCELoss(weight_ce, weight_dice))
+    loss_fn = DeepSupervisionLoss(DiceCELoss(weight_ce, weight_dice, batch_dice=two_d))  # nnU-Net: batch Dice in 2D
     log: list[dict[str, Any]] = []
     start = 0
     if resume:

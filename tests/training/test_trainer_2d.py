@@ -78,10 +78,10 @@ def _picture_dataset(folder, rgb: bool, declared: int):
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
     for i in range(4):
-        ct, seg = ct_phantom((48, 48, 3), (1.0, 1.0, 2.0), seed=i, vary=True)
-        grey = np.clip((ct.array[0, :, :, 1] + 200) / 500 * 255, 0, 255).astype(np.uint8)
+        ct, seg = ct_phantom((48, 48, 8), (1.0, 1.0, 2.0), seed=i, vary=True)
+        grey = np.clip((ct.array[0, :, :, 4] + 200) / 500 * 255, 0, 255).astype(np.uint8)
         P.fromarray(np.stack([grey] * 3, -1) if rgb else grey).save(folder / "imagesTr" / f"c{i}_0000.png")
-        P.fromarray((seg.array[0, :, :, 1] == 1).astype(np.uint8)).save(folder / "labelsTr" / f"c{i}.png")
+        P.fromarray((seg.array[0, :, :, 4] == 1).astype(np.uint8)).save(folder / "labelsTr" / f"c{i}.png")
     channels = {"0": "R", "1": "G", "2": "B"} if declared == 3 else {"0": "grey"}
     (folder / "dataset.json").write_text(json.dumps({"channel_names": channels, "labels": {"background": 0, "liver": 1},
                                                      "numTraining": 4, "file_ending": ".png"}))
@@ -94,9 +94,10 @@ def test_truly_2d_pictures_grey_and_rgb(tmp_path):
     train(grey, tmp_path / "b1", cfg, progress=False)
     b1 = load_bundle(tmp_path / "b1").config
     assert b1.channels == ["grey"] and b1.preprocessing.spacing == [1.0, 1.0] and b1.modality == "MR"
-    rgb = _picture_dataset(tmp_path / "rgb", rgb=True, declared=3)  # nnU-Net: one file, three channels
-    train(rgb, tmp_path / "b3", cfg, progress=False)
-    assert load_bundle(tmp_path / "b3").config.arch_config["in_channels"] == 3
+    from medpipe.training.dataset import load_case, open_dataset, validate_dataset
+
+    rgb = validate_dataset(open_dataset(_picture_dataset(tmp_path / "rgb", rgb=True, declared=3)))
+    assert len(rgb.cases[0].images) == 1 and load_case(rgb.cases[0])[0].n_channels == 3  # nnU-Net: one file, 3 channels
     confused = _picture_dataset(tmp_path / "confused", rgb=True, declared=1)
     with pytest.raises(InputError, match=r"c0_0000.png holds 3 channel\(s\) \(an RGB picture\?\) but the dataset "
                                          r"declares 1 \(grey\)"):
