@@ -215,7 +215,7 @@ def test_pictures_round_trip_as_one_slice_images(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     P.fromarray(rgb).save(tmp_path / "photo.png")
     P.fromarray(np.dstack([rgb, np.full((30, 40), 255, np.uint8)])).save(tmp_path / "alpha.png")
-    P.fromarray((rgb[..., 0].astype(np.uint16) * 200)).save(tmp_path / "deep.tif")
+    P.fromarray(rgb[..., 0].astype(np.uint16) * 200).save(tmp_path / "deep.tif")
     photo = read_volume(tmp_path / "photo.png")
     assert photo.shape == (30, 40, 1) and photo.n_channels == 3 and np.allclose(photo.affine, np.eye(4))
     assert np.array_equal(photo.array[..., 0], np.moveaxis(rgb, -1, 0))
