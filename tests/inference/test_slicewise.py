@@ -47,10 +47,12 @@ def test_in_plane_tiling_and_batching_do_not_change_a_slice(net):
 
 def test_openvino_backend_agrees_with_torch(net):
     vol = _vol((40, 40, 6), seed=2)
-    ref = predict(net, vol, (32, 32), num_classes=4, backend="torch", progress=False, tta_axes=[1, 2])
-    ov = predict(net, vol, (32, 32), num_classes=4, backend="openvino", progress=False, tta_axes=[1, 2])
+    kw = dict(num_classes=4, progress=False, tta_axes=[1, 2], output="probabilities", probability_dtype="fp32")
+    ref = predict(net, vol, (32, 32), backend="torch", **kw)
+    ov = predict(net, vol, (32, 32), backend="openvino", **kw)
     assert ov.facts["backend"] == "openvino" and ov.facts["tta_passes"] == 2  # axis 2 dropped for 2D
-    assert (ov.labels == ref.labels).mean() >= 0.999
+    # an untrained net's classes are near ties, so compare probabilities, not arg-maxes
+    np.testing.assert_allclose(ov.probabilities, ref.probabilities, atol=2e-3)  # fp32 kernels differ ~1e-4
 
 
 def test_two_d_errors_are_one_sentence(net):
