@@ -48,7 +48,7 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 def train(
     dataset: Path = typer.Argument(..., help="nnU-Net v2 dataset folder (dataset.json, imagesTr, labelsTr) or a CSV of image,label."),
     out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
-    model: str | None = typer.Option(None, "--model", help="Architecture, e.g. stunet-xs, stunet-s (default stunet_xs)."),
+    model: str | None = typer.Option(None, "--model", help="Architecture, e.g. stunet-xs, stunet-s (default stunet_xs); 2D: paratranscnn, transdae, smp_unet_resnet34."),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     iters_per_epoch: int | None = typer.Option(None, "--iters-per-epoch", help="Training iterations per epoch."),
     patch: str | None = typer.Option(None, "--patch", help="Patch size, e.g. 64,64,64 (default: planned)."),

@@ -64,7 +64,7 @@ class _SegmentParams(StageParams):
     precision: Literal["auto", "bf16", "fp32", "fp16", "int8"] = "auto"
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     tta: bool | list[int] = False  # True: the bundle's mirror axes; a list: those axes
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # patches per pass; for a 2D bundle, slices per pass (default 4)
     accumulation: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 for >= 32 classes (labels only)
     backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPU in fp32 when installed
     # auto: stitch the features in front of a linear head when it has fewer inputs than classes (exact)
