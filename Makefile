@@ -56,16 +56,17 @@ quantize-ct-bundle: setup
 	rm -rf medpipe/bundles/ct_organs_phantom && mv $(QDIR)/bundle medpipe/bundles/ct_organs_phantom
 	rm -rf $(QDIR)
 
-# Re-train the shipped 2D bundle (ParaTransCNN-tiny on axial phantom slices, Synapse labels) from nothing,
-# then give it its int8 model (the 2D graph, calibrated on single slices of 3 unseen phantoms).
+# Re-train the shipped 2D bundle (ParaTransCNN-tiny on axial phantom slices, Synapse labels) from nothing.
 train-ct-2d-bundle: setup
 	$(BIN)/python -m medpipe.training.recipe configs/train_ct_phantom_2d.yaml -o medpipe/bundles/ct_organs_2d_phantom --overwrite
-	$(MAKE) quantize-ct-2d-bundle
 
+# int8 model of the 2D bundle (the 2D graph, calibrated on single slices of 3 unseen phantoms). Measured:
+# it misses the accuracy gate (worst structure Dice vs fp32 0.935 < 0.95 with 300 patches), so the shipped
+# 2D bundle has none and runs OpenVINO fp32; the target refuses cleanly and writes nothing when the gate fails.
 quantize-ct-2d-bundle: setup
 	rm -rf $(QDIR)2d && mkdir -p $(QDIR)2d
 	$(BIN)/medpipe data phantoms $(QDIR)2d/calibration --cases 3 --seed 4242
-	$(BIN)/medpipe models quantize medpipe/bundles/ct_organs_2d_phantom $(QDIR)2d/bundle \
+	$(BIN)/medpipe models quantize medpipe/bundles/ct_organs_2d_phantom $(QDIR)2d/bundle --max-patches 300 \
 	  $$(for f in $(QDIR)2d/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
 	rm -rf medpipe/bundles/ct_organs_2d_phantom && mv $(QDIR)2d/bundle medpipe/bundles/ct_organs_2d_phantom
 	rm -rf $(QDIR)2d

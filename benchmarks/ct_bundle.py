@@ -46,10 +46,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default=BUNDLE.name, choices=sorted(SECTIONS))
     p.add_argument("--load-log", type=Path, default=None)
+    p.add_argument("--recipe-log", type=Path, default=None, help="the recipe's output (its total wall time)")
     args = p.parse_args(argv)
     bundle_dir = BUNDLES / args.bundle
     section, title = SECTIONS[args.bundle]
-    _report(bundle_dir, section, title, _load_summary(args.load_log))
+    extra = _load_summary(args.load_log)
+    if args.recipe_log is not None:
+        import re
+
+        m = re.search(r": (\d+) s total \((\d+) s data", args.recipe_log.read_text())
+        if m:
+            extra = (f" Wall time of the whole recipe (phantoms, training, held-out evaluation, bundle): "
+                     f"{int(m.group(1)) / 60:.1f} min." + extra)
+    _report(bundle_dir, section, title, extra)
 
 
 def _report(bundle: Path, section: str, title: str, load: str) -> None:
