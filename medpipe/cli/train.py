@@ -4,6 +4,7 @@ Example:
     medpipe train Dataset001_CT --model stunet-xs -o bundles/ct --epochs 40 --iters-per-epoch 50 \\
         --patch 48,48,48 --fold 0
     medpipe train Dataset001_CT -o bundles/ct --resume      # continue from checkpoint_latest.pt
+    medpipe train Dataset001_CT --model paratranscnn --slices axial -o bundles/ct2d   # a 2D network on slices
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from medpipe.cli.app import app
 def train(
     dataset: Path = typer.Argument(..., help="nnU-Net v2 dataset folder (dataset.json, imagesTr, labelsTr) or a CSV of image,label."),
     out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
-    model: str | None = typer.Option(None, "--model", help="Architecture, e.g. stunet-xs, stunet-s (default stunet_xs)."),
+    model: str | None = typer.Option(None, "--model", help="Architecture, e.g. stunet-xs, stunet-s (default stunet_xs); 2D: paratranscnn, transdae, smp_unet_resnet34."),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     iters_per_epoch: int | None = typer.Option(None, "--iters-per-epoch", help="Training iterations per epoch."),
     patch: str | None = typer.Option(None, "--patch", help="Patch size, e.g. 64,64,64 (default: planned)."),
@@ -32,6 +33,8 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="YAML with a training: section (CLI options override it)."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Checkpoints/cache folder (default BUNDLE.work)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoint_latest.pt."),
+    slices: str | None = typer.Option(None, "--slices", help="2D networks on 3D volumes: train on axial, coronal or sagittal slices."),
+    init_weights: Path | None = typer.Option(None, "--init-weights", help="Pretrained weights file (e.g. an ImageNet ResNet-34 .pth for paratranscnn)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle / start a new run."),
 ) -> None:
     """Plan, preprocess, train with validation, evaluate held-out cases and save the bundle."""
@@ -43,9 +46,10 @@ def train(
 
     overrides = {
         "model": model.replace("-", "_").lower() if model else None, "epochs": epochs,
-        "iters_per_epoch": iters_per_epoch, "patch_size": ints(patch, "--patch"),
+        "iters_per_epoch": iters_per_epoch, "patch_size": ints(patch, "--patch", also=2),
         "spacing": floats(spacing, "--spacing"), "batch_size": batch_size, "fold": fold,
-        "optimizer": optimizer, "lr": lr, "precision": precision,
+        "optimizer": optimizer, "lr": lr, "precision": precision, "slices": slices,
+        "init_weights": str(init_weights) if init_weights else None,
     }
     cfg = load_train_config(config, overrides)
     result = run_training(dataset, out, cfg, work_dir=work_dir, resume=resume, overwrite=overwrite or resume)

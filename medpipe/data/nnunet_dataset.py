@@ -62,11 +62,13 @@ def write_phantom_dataset(
     overwrite: bool = False,
     progress: bool = True,
     preview: bool = True,
+    labels: str = "phantom",
 ) -> dict[str, Any]:
     """Write ``cases`` varied phantom cases + dataset.json into ``folder`` (atomically).
 
     ``shape`` and ``spacing`` (mm, jittered +-10 % per case) default to the modality's; the CT
-    anatomy has physical sizes, so their product is the field of view."""
+    anatomy has physical sizes, so their product is the field of view. ``labels="synapse"``
+    (CT only) renumbers the organs as the Synapse 2D benchmarks do (``medpipe.data.synapse``)."""
     from medpipe.io.volumes import write_volume
 
     modality = modality.lower()
@@ -75,13 +77,22 @@ def write_phantom_dataset(
     if cases < 1:
         raise InputError(f"a phantom dataset needs at least one case, got --cases {cases}")
     spec = PHANTOM_MODALITIES[modality]
+    names = spec["labels"]
+    if labels == "synapse":
+        from medpipe.data.synapse import SYNAPSE_LABELS
+
+        if modality != "ct":
+            raise InputError("Synapse label numbering is for CT phantoms")
+        names = SYNAPSE_LABELS
+    elif labels != "phantom":
+        raise InputError(f"phantom labels must be 'phantom' or 'synapse', got {labels!r}")
     folder = Path(folder)
     case_ids = [f"phantom_{i:03d}" for i in range(cases)]
     dataset_json = {
         "name": f"medpipe {modality.upper()} phantoms",
         "description": "Synthetic phantoms written by `medpipe data phantoms` (no patient data).",
         "channel_names": {"0": spec["channel"]},
-        "labels": {"background": 0, **{name: int(k) for k, name in spec["labels"].items()}},
+        "labels": {"background": 0, **{name: int(k) for k, name in names.items()}},
         "numTraining": cases,
         "file_ending": ".nii.gz",
         "licence": "CC0 (synthetic)",
@@ -92,6 +103,10 @@ def write_phantom_dataset(
         first: list[tuple[Image, Image]] = []
         for i, case_id in enumerate(case_ids):
             img, seg = _case(modality, i, seed, shape, spacing)
+            if names is not spec["labels"]:
+                from medpipe.data.synapse import relabel_by_name
+
+                seg = relabel_by_name(seg, spec["labels"], names)
             write_volume(img, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
             write_volume(seg, tmp / "labelsTr" / f"{case_id}.nii.gz")
             if len(first) < 4:
@@ -100,7 +115,7 @@ def write_phantom_dataset(
                 bar.advance(task)
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
         if preview:
-            _write_preview(first, spec["labels"], modality, tmp / "preview.png")
+            _write_preview(first, names, modality, tmp / "preview.png")
     return {"folder": folder, "cases": case_ids, "dataset_json": dataset_json}
 
 
@@ -133,7 +148,9 @@ def _write_preview(pairs: list[tuple[Image, Image]], labels: dict[int, str], mod
 
     from medpipe.data.phantoms import CT_COLORS, MR_COLORS
 
-    colors = CT_COLORS if modality == "ct" else MR_COLORS
+    by_name = {n: c for table, lab in ((CT_COLORS, CT_LABELS), (MR_COLORS, MR_LABELS)) for k, n in lab.items()
+               for c in [table[k]]}
+    colors = {k: by_name.get(n, (120, 200, 255)) for k, n in labels.items()}
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.4), squeeze=False)
     for ax, (img, seg) in zip(axes[0], pairs, strict=True):
         stored = img.orientation

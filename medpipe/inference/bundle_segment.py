@@ -40,12 +40,9 @@ def check_image_for_bundle(image: Image, bundle: Bundle, where: str = "the image
     cfg = bundle.config
     if cfg.task != "segmentation":
         raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle, not a segmentation model")
-    if image.n_channels != len(cfg.channels):
-        raise BundleError(f"bundle {cfg.name} expects {len(cfg.channels)} channel(s) ({', '.join(cfg.channels)}); "
-                          f"{where} has {image.n_channels}")
-    if len(cfg.preprocessing.patch_size) != 3:
-        raise BundleError(f"bundle {cfg.name} is a {len(cfg.preprocessing.patch_size)}D model; segment_image needs "
-                          "a 3D model")
+    from medpipe.pipeline.stages.segment import check_channels
+
+    check_channels(cfg, image)  # names the RGB/grey-scale or extra-sequence mix-ups
     arr = image.array
     if not np.issubdtype(arr.dtype, np.number) or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
         raise InputError(f"{where} holds NaN or infinite values; medpipe does not guess what they should be")
@@ -68,7 +65,7 @@ def _prepare_medpipe(image: Image, bundle: Bundle) -> tuple[Image, Image, Any, d
     if pre.crop_foreground:
         thr = -500.0 if bundle.config.modality == "CT" else None
         x = crop_foreground(x, thr).image
-    resampled, rec = resample_to_spacing(x, pre.spacing)
+    resampled, rec = resample_to_spacing(x, pre.volume_spacing)  # 2D bundles: in-plane only
     norm = pre.normalization
     net, _ = normalize(resampled, norm.scheme, clip=norm.clip, mean=norm.mean, std=norm.std)
     mapping = np.linalg.inv(net.affine) @ x.affine  # x voxel -> network voxel (axis-aligned)

@@ -88,13 +88,14 @@ class PrecisionPlan:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+        if self.channels_last:  # 2D networks (spatial_dims 2) get the 2D channels-last layout
+            two_d = int(getattr(model, "spatial_dims", 3)) == 2
+            model = model.to(memory_format=torch.channels_last if two_d else torch.channels_last_3d)
         return model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 5:
-            return x.contiguous(memory_format=torch.channels_last_3d)
+        if self.channels_last and x.dim() in (4, 5):
+            return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
         return x
 
 

@@ -326,13 +326,17 @@ def quantize_bundle(src: str | Path, calibration: Sequence[str | Path], out: str
     bundle = load_bundle(src)
     cfg = bundle.config
     patch = list(cfg.preprocessing.patch_size)
-    if len(patch) != 3:
-        raise BundleError(f"bundle {cfg.name} is a {len(patch)}D model; int8 quantisation supports 3D bundles")
+
+    def cut(vols: list[np.ndarray]) -> list[np.ndarray]:
+        """Calibration tiles; a 2D bundle's are single slices (the 2D graph is quantised)."""
+        if len(patch) == 3:
+            return calibration_patches(vols, patch, max_patches=max_patches)
+        return [p[..., 0] for p in calibration_patches(vols, [*patch, 1], max_patches=max_patches)]
     if not calibration:
         raise InputError("quantisation needs at least one calibration image (--calibration)")
     volumes = _preprocessed([Path(p) for p in calibration], bundle)
     calib, valid = _split(volumes)
-    patches = calibration_patches([v for _, v in calib], patch, max_patches=max_patches)
+    patches = cut([v for _, v in calib])
     say(f"calibrating on {len(patches)} patch(es) from {len(calib)} volume(s); validating on {len(valid)}")
     model = bundle.build_model()
     from medpipe.inference.openvino_backend import convert_to_openvino
@@ -353,7 +357,7 @@ def quantize_bundle(src: str | Path, calibration: Sequence[str | Path], out: str
             keep = edge_convolutions(fp32_model) if attempt != _ATTEMPTS[0] else []
             t = time.perf_counter()
             if attempt == _ATTEMPTS[2]:
-                tiles = calibration_patches([v for _, v in valid], patch, max_patches=max_patches)
+                tiles = cut([v for _, v in valid])
                 say(f"{attempt}: ranking layers on {len(tiles)} validation tile(s)")
                 qm = quantize_accuracy_controlled(fp32_model.clone(), patches, tiles, cfg.num_classes,
                                                   max_drop=(1.0 - min_class_dice) / 2, keep_fp32=keep,

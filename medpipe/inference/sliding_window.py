@@ -39,6 +39,7 @@ from medpipe.inference.feature_stitching import FeatureExtractor, LinearHead, li
 from medpipe.inference.gaussian import gaussian_importance_map
 from medpipe.inference.optimize import optimize_for_inference
 from medpipe.inference.precision import MANY_CLASSES, PrecisionPlan, resolve_backend, resolve_precision
+from medpipe.inference.slicewise import SliceWise, check_min_size, is_2d, slab_patch
 from medpipe.inference.tiling import TilePlan, pad_amounts, plan_tiles
 from medpipe.kernels import accumulate_patch
 
@@ -429,6 +430,9 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
             autotune: bool = True) -> Prediction:
     """Segment a ``(C, I, J, K)`` volume with ``model`` tile by tile.
 
+    A 2D network (``model.spatial_dims == 2``) takes a 2D ``patch_size`` and runs slice by
+    slice along K, ``batch_size`` slices per pass (``slicewise``); everything else is the same.
+
     ``tta_axes`` are spatial axes (0..2) to mirror (all combinations are averaged);
     ``accumulation="fp16"`` halves the stitching buffer (``"auto"``: fp16 for labels-only
     output with >= 32 classes, else fp32); ``backend`` is ``auto|torch|openvino`` (``auto``:
@@ -461,10 +465,17 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     if sink is not None and output != "labels":
         raise InputError("a prediction with an export sink decides the labels itself: output must be 'labels'")
     vol = _as_tensor(image)
-    patch = tuple(int(p) for p in patch_size)
-    if len(patch) != 3 or any(p <= 0 for p in patch):
-        raise InputError(f"patch_size must be three positive integers, got {tuple(patch_size)}")
-    batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    two_d = is_2d(model)
+    if two_d:  # slabs of k slices through the 2D network (slicewise): batch_size counts slices
+        check_min_size(model, vol.shape[1:3])
+        patch = slab_patch(patch_size, vol.shape[-1], batch_size)
+        tta_axes = [a for a in tta_axes if a != 2]  # mirroring the slice order changes nothing
+        batch_size = 1
+    else:
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != 3 or any(p <= 0 for p in patch):
+            raise InputError(f"patch_size must be three positive integers, got {tuple(patch_size)}")
+        batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     dev = torch.device(device)
     many = output == "labels" and num_classes >= MANY_CLASSES
     if precision == "int8" and int8_model is None:
@@ -477,14 +488,15 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
 
     orig_shape = tuple(vol.shape[1:])
     pads = pad_amounts(orig_shape, patch)
-    tiles = plan_tiles([s + a + b for s, (a, b) in zip(orig_shape, pads, strict=True)], patch, overlap)
+    tiles = plan_tiles([s + a + b for s, (a, b) in zip(orig_shape, pads, strict=True)], patch,
+                       (overlap, overlap, 0.0) if two_d else overlap)
     if any(a or b for a, b in pads):
         flat = [v for a, b in reversed(pads) for v in (a, b)]
         vol = F.pad(vol, flat, mode="constant", value=0.0)
     vol = vol.to(dev)[None]
 
     tuned = None
-    if autotune and precision == "auto" and backend == "auto":
+    if autotune and precision == "auto" and backend == "auto" and not two_d:  # 2D: the flag policy
         tuned = _autotune(model, vol, tiles, patch, batch_size, dev, num_classes, stitch, output,
                           int8_model if not many else None)
         precision, backend = tuned.choice.precision, tuned.choice.backend
@@ -512,11 +524,17 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     batches = [(gi, origins[b0:b0 + batch_size], b0 + batch_size >= len(origins))
                for gi, (_, origins) in enumerate(tiles.groups()) for b0 in range(0, len(origins), batch_size)]
     streams = openvino_streams(len(batches) * len(flips))
-    network, backend_facts = build_network(model, plan, backend_name, head, (batch_size, vol.shape[1], *patch),
+    # what the network itself is fed: (batch, C, *patch), or (k slices, C, P, P) for 2D
+    net_input = (patch[2], vol.shape[1], *patch[:2]) if two_d else (batch_size, vol.shape[1], *patch)
+    network, backend_facts = build_network(model, plan, backend_name, head, net_input,
                                            streams=streams, int8_model=int8_model, optimize=optimize)
     if tuned is not None:
         backend_facts["autotune"] = tuned.facts()
-    gaussian = gaussian_importance_map(patch, sigma_scale, dev)
+    if two_d:
+        network = SliceWise(network)
+        gaussian = gaussian_importance_map(patch[:2], sigma_scale, dev)[..., None].expand(patch).contiguous()
+    else:
+        gaussian = gaussian_importance_map(patch, sigma_scale, dev)
     acc_dtype = torch.float16 if accumulation == "fp16" else torch.float32
     try:
         stitcher = _Stitcher(tiles, num_classes, depth, acc_dtype, dev, output, gaussian,
@@ -577,6 +595,8 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
         "tta_passes": len(flips),
         "forward_passes": tiles.n_tiles * len(flips),
         "batch_size": batch_size,
+        "slicewise": two_d,
+        "slices_per_pass": patch[2] if two_d else None,
         "padded_shape": list(tiles.shape),
         "streamed": stream,
         "slab_depth": depth,

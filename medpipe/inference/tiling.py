@@ -68,9 +68,13 @@ class TilePlan:
         return last[group_index + 1] if group_index + 1 < len(last) else self.shape[-1]
 
 
-def plan_tiles(shape: Sequence[int], patch: Sequence[int], overlap: float = 0.5) -> TilePlan:
-    """Plan tiles for a volume already padded to at least ``patch``."""
+def plan_tiles(shape: Sequence[int], patch: Sequence[int], overlap: float | Sequence[float] = 0.5) -> TilePlan:
+    """Plan tiles for a volume already padded to at least ``patch``; ``overlap`` is one
+    fraction for every axis or one per axis (slice-wise 2D inference: 0 along the slices)."""
     if len(shape) != len(patch):
         raise ValueError(f"patch {tuple(patch)} and volume {tuple(shape)} differ in dimensions")
-    starts = tuple(tuple(tile_starts(s, p, overlap)) for s, p in zip(shape, patch, strict=True))
+    overlaps = [float(overlap)] * len(shape) if isinstance(overlap, (int, float)) else [float(o) for o in overlap]
+    if len(overlaps) != len(shape):
+        raise ValueError(f"{len(overlaps)} overlaps for a {len(shape)}-D volume")
+    starts = tuple(tuple(tile_starts(s, p, o)) for s, p, o in zip(shape, patch, overlaps, strict=True))
     return TilePlan(tuple(int(s) for s in shape), tuple(int(p) for p in patch), starts)

@@ -41,6 +41,13 @@ VOLUME_SUFFIXES: dict[str, str] = {
     ".nhdr": "nrrd",
     ".mha": "metaimage",
     ".mhd": "metaimage",
+    # one-slice pictures (medpipe.io.image2d): X-ray exports, ultrasound frames, endoscopy, histology tiles
+    ".png": "picture",
+    ".jpg": "picture",
+    ".jpeg": "picture",
+    ".bmp": "picture",
+    ".tif": "picture",
+    ".tiff": "picture",
 }
 _META_KEY = "medpipe_meta"
 _NIFTI_COMMENT_ECODE = 6  # NIFTI_ECODE_COMMENT
@@ -75,7 +82,7 @@ def read_volume(path: str | Path, is_label: bool = False) -> Image:
         raise InputError(f"{path} is a folder, not a {fmt} file (read DICOM folders with medpipe.io.dicom)")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path} is not readable (check its permissions)")
-    readers = {"nifti": _read_nifti, "nrrd": _read_nrrd, "metaimage": _read_metaimage}
+    readers = {"nifti": _read_nifti, "nrrd": _read_nrrd, "metaimage": _read_metaimage, "picture": _read_picture}
     try:
         img = readers[fmt](path)
     except InputError:
@@ -238,6 +245,18 @@ def _read_metaimage(path: Path) -> Image:
     return Image.from_sitk(img, meta=meta, is_label=is_label)
 
 
+def _read_picture(path: Path) -> Image:
+    from medpipe.io.image2d import read_image2d
+
+    return read_image2d(path, _meta_from_json)
+
+
+def _write_picture(image: Image, arr: np.ndarray, tmp: Path, final: Path) -> None:
+    from medpipe.io.image2d import write_image2d
+
+    write_image2d(image, arr, tmp, final, _meta_to_json(image))
+
+
 # --------------------------------------------------------------------------- writing
 def write_volume(image: Image, path: str | Path, overwrite: bool = True) -> Path:
     """Write ``image`` to ``path`` (format by extension), atomically; returns the path."""
@@ -245,7 +264,8 @@ def write_volume(image: Image, path: str | Path, overwrite: bool = True) -> Path
     fmt = volume_format(path)
     check_writable(path, overwrite)
     arr = _disk_array(image, path)
-    writers = {"nifti": _write_nifti, "nrrd": _write_nrrd, "metaimage": _write_metaimage}
+    writers = {"nifti": _write_nifti, "nrrd": _write_nrrd, "metaimage": _write_metaimage,
+               "picture": lambda img, a, tmp: _write_picture(img, a, tmp, path)}
     name = path.name.lower()
     if name.endswith((".mhd", ".nhdr")):  # header + data file: stage both, move data first
         _write_detached(image, arr, path, writers[fmt])

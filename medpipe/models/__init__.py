@@ -30,6 +30,9 @@ _FAMILY_MODULES = [
     "medpipe.models.micdir",
     "medpipe.models.voxelmorph",
     "medpipe.models.rim",
+    "medpipe.models.paratranscnn",
+    "medpipe.models.transdae",
+    "medpipe.models.smp_unet",
 ]
 
 for _name in _FAMILY_MODULES:

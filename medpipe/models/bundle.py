@@ -126,6 +126,11 @@ class Preprocessing(_Strict):
     recipe: Literal["medpipe", "nnunet"] = "medpipe"
     resampling: Resampling | None = None
 
+    @property
+    def volume_spacing(self) -> list[float | None]:
+        """Target spacing per volume axis; a 2D bundle's slice axis (K) keeps its own (None)."""
+        return [*self.spacing, None] if len(self.spacing) == 2 else list(self.spacing)
+
     @field_validator("orientation")
     @classmethod
     def _orientation(cls, v: str) -> str:

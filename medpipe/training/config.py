@@ -44,6 +44,11 @@ class TrainConfig(BaseModel):
     val_tta: bool = False
     nsd_tolerance_mm: float = Field(2.0, ge=0)
     threads: int | None = Field(None, ge=1)
+    # 2D networks: which planes of 3D volumes are the training images (None: truly 2D data)
+    slices: Literal["axial", "coronal", "sagittal"] | None = None
+    loss_weights: tuple[float, float] | None = None  # (CE, Dice); default 1, 1 (3D) / 0.5, 0.5 (2D papers)
+    nesterov: bool = True
+    init_weights: str | None = None  # pretrained weights file (e.g. an ImageNet ResNet-34), never downloaded
     name: str | None = None
     description: str = ""
     version: str = "1.0"

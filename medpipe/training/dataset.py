@@ -98,11 +98,14 @@ def load_nnunet_folder(folder: str | Path) -> TrainingDataset:
     if not img_dir.is_dir():
         raise InputError(f"{folder} has no imagesTr folder")
     cases = []
+    # nnU-Net's 2D picture convention: an RGB picture is ONE file (_0000.png) holding the 3 channels
+    one_file = ending.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") and len(channels) > 1
     for lab in sorted(lab_dir.glob(f"*{ending}")):
         if lab.name.startswith("."):
             continue
         name = lab.name[: -len(ending)]
-        cases.append(Case(name, [img_dir / f"{name}_{c:04d}{ending}" for c in range(len(channels))], lab))
+        n_files = 1 if one_file and not (img_dir / f"{name}_0001{ending}").exists() else len(channels)
+        cases.append(Case(name, [img_dir / f"{name}_{c:04d}{ending}" for c in range(n_files)], lab))
     labelled = {c.name for c in cases}
     for img in sorted(img_dir.glob(f"*_0000{ending}")):
         name = img.name[: -len(f"_0000{ending}")]

@@ -50,6 +50,12 @@ def compute_fingerprint(ds: TrainingDataset, samples_per_case: int = 10_000, see
     spacings, shapes, samples = [], [], []
     for case in ds.cases:
         image, label = load_case(case)
+        if image.n_channels != len(ds.channels):
+            from medpipe.errors import InputError
+
+            kind = " (an RGB picture?)" if image.n_channels == 3 else ""
+            raise InputError(f"case {case.name!r}: {case.images[0].name} holds {image.n_channels} channel(s){kind} "
+                             f"but the dataset declares {len(ds.channels)} ({', '.join(ds.channels)})")
         sp, sh = ras_spacing_shape(image.affine, image.shape)
         spacings.append(sp)
         shapes.append(sh)

@@ -1,7 +1,10 @@
 """nnU-Net's training loss: soft Dice + cross-entropy, summed over deep-supervision outputs.
 
 Soft Dice as nnU-Net's ``MemoryEfficientSoftDiceLoss`` (foreground classes only,
-smooth 1e-5, per sample), reported as ``1 - Dice`` so the loss is >= 0. Deep supervision:
+smooth 1e-5, per sample), reported as ``1 - Dice`` so the loss is >= 0. ``batch_dice``
+sums over the batch first (nnU-Net's 2D configuration, and TransUNet's Dice): a 2D slice
+holds few of the organs, and per-slice Dice of an absent organ only rewards predicting
+nothing. Deep supervision:
 output ``i`` (full resolution first) is weighted ``1 / 2**i``, the lowest resolution gets
 0, weights normalised to sum to 1; targets are downsampled by nearest interpolation.
 """
@@ -20,17 +23,18 @@ __all__ = ["SoftDiceLoss", "DiceCELoss", "DeepSupervisionLoss", "deep_supervisio
 class SoftDiceLoss(nn.Module):
     """``1 - mean soft Dice`` over foreground classes (per sample, nnU-Net style)."""
 
-    def __init__(self, smooth: float = 1e-5, include_background: bool = False):
+    def __init__(self, smooth: float = 1e-5, include_background: bool = False, batch_dice: bool = False):
         super().__init__()
         self.smooth = smooth
         self.include_background = include_background
+        self.batch_dice = batch_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float(), dim=1)
         onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
         if not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
-        axes = tuple(range(2, probs.ndim))
+        axes = (0, *range(2, probs.ndim)) if self.batch_dice else tuple(range(2, probs.ndim))
         inter = (probs * onehot).sum(axes)
         denom = probs.sum(axes) + onehot.sum(axes)
         dc = (2 * inter + self.smooth) / torch.clamp(denom + self.smooth, min=1e-8)
@@ -40,9 +44,9 @@ class SoftDiceLoss(nn.Module):
 class DiceCELoss(nn.Module):
     """``weight_ce * CE + weight_dice * (1 - soft Dice)``; target is ``(B, 1, ...)`` int."""
 
-    def __init__(self, weight_ce: float = 1.0, weight_dice: float = 1.0):
+    def __init__(self, weight_ce: float = 1.0, weight_dice: float = 1.0, batch_dice: bool = False):
         super().__init__()
-        self.dice = SoftDiceLoss()
+        self.dice = SoftDiceLoss(batch_dice=batch_dice)
         self.weight_ce, self.weight_dice = weight_ce, weight_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

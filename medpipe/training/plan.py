@@ -29,7 +29,7 @@ import numpy as np
 from medpipe.errors import InputError
 from medpipe.training.fingerprint import Fingerprint
 
-__all__ = ["Plan", "target_spacing", "pooling", "make_plan", "mirror_axes", "STUNET_LEVELS"]
+__all__ = ["Plan", "target_spacing", "pooling", "make_plan", "mirror_axes", "normalization_scheme", "STUNET_LEVELS"]
 
 STUNET_LEVELS = 5  # STU-Net: 6 stages = 5 downsamplings
 ANISO_THRESHOLD = 3.0
@@ -48,6 +48,7 @@ class Plan:
     median_shape: list[int]
     tta_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
     crop_foreground: bool = False
+    orientation: str = "RAS"  # 2D plans: which planes are the slices (see plan2d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +97,15 @@ def mirror_axes(label_names: dict[int, str] | None) -> list[int]:
     return [0, 1, 2]
 
 
+def normalization_scheme(fp: Fingerprint) -> dict[str, Any]:
+    """CT: clip to the foreground 0.5/99.5 percentiles + dataset z-score; else per-image z-score."""
+    if fp.modality.upper() == "CT":
+        it = fp.intensity
+        return {"scheme": "ct", "clip": [it["percentile_00_5"], it["percentile_99_5"]],
+                "mean": it["mean"], "std": max(it["std"], 1e-3)}  # nnU-Net: unclipped fg stats
+    return {"scheme": "zscore"}
+
+
 def _divisor(pools: list[list[int]]) -> list[int]:
     return [math.prod(p[a] for p in pools) for a in range(3)]
 
@@ -136,12 +146,7 @@ def make_plan(
         div = _divisor(pools)
         patch = [max(d, int(p // d) * d) for p, d in zip(patch, div, strict=True)]
         pools, convs = pooling(tgt, patch)
-    if fp.modality.upper() == "CT":
-        it = fp.intensity
-        norm = {"scheme": "ct", "clip": [it["percentile_00_5"], it["percentile_99_5"]],
-                "mean": it["mean"], "std": max(it["std"], 1e-3)}  # nnU-Net: unclipped fg stats
-    else:
-        norm = {"scheme": "zscore"}
+    norm = normalization_scheme(fp)
     axes = list(mirror) if mirror is not None else mirror_axes(label_names)
     if any(a not in (0, 1, 2) for a in axes):
         raise InputError(f"mirror axes must be among 0, 1, 2, got {axes}")

@@ -30,6 +30,8 @@ MAX_LOCATIONS = 10_000
 def plan_hash(plan: Plan) -> str:
     keys = ("spacing", "normalization", "crop_foreground")
     doc = {k: plan.to_dict()[k] for k in keys}
+    if plan.orientation != "RAS":  # 2D plans on coronal/sagittal slices
+        doc["orientation"] = plan.orientation
     return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -44,16 +46,22 @@ def preprocess_image(image: Image, preprocessing: dict[str, Any], label: Image |
     from medpipe.transforms import crop_to_bbox, foreground_bbox, normalize, reorient, resample_to_spacing
 
     codes = preprocessing.get("orientation", "RAS")
-    out, _ = reorient(image, codes)
-    lab = reorient(label, codes)[0] if label is not None else None
+    if codes == "native":  # the stored voxel order (imported nnU-Net models)
+        out, lab = image, label
+    else:
+        out, _ = reorient(image, codes)
+        lab = reorient(label, codes)[0] if label is not None else None
     if preprocessing.get("crop_foreground"):
         box = foreground_bbox(out, None, 0) or [[0, s] for s in out.shape]
         out, _ = crop_to_bbox(out, box)
         lab = crop_to_bbox(lab, box)[0] if lab is not None else None
     spacing = list(preprocessing["spacing"])
+    if len(spacing) == 2:  # a 2D bundle: in-plane spacing; the slice axis (K) keeps its own
+        spacing = [*spacing, None]
     out, _ = resample_to_spacing(out, spacing)
     norm = dict(preprocessing["normalization"])
     scheme = norm.pop("scheme")
+    norm["foreground_only"] = bool(norm.pop("use_mask", False))
     out, _ = normalize(out, scheme, **{k: v for k, v in norm.items() if v is not None})
     if lab is None:
         return out
@@ -106,7 +114,7 @@ def preprocess_dataset(cases: list[Case], plan: Plan, work_dir: str | Path, prog
 def preprocessing_block(plan: Plan) -> dict[str, Any]:
     """The bundle ``preprocessing`` section for ``plan``."""
     return {
-        "orientation": "RAS",
+        "orientation": plan.orientation,
         "spacing": list(plan.spacing),
         "normalization": dict(plan.normalization),
         "patch_size": list(plan.patch_size),

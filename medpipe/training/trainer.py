@@ -58,27 +58,51 @@ def poly_lr(base: float, epoch: int, epochs: int, exponent: float = 0.9) -> floa
     return base * (1 - epoch / epochs) ** exponent
 
 
-def _build_model(cfg: TrainConfig, plan: Plan, in_channels: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
+def _model_facts(name: str, in_channels: int, num_classes: int) -> tuple[int, int]:
+    """(spatial dims, input divisor) of a registered model, read on the meta device."""
     from medpipe.models import create_model
 
-    arch = {"in_channels": in_channels, "num_classes": num_classes,
-            "pool_op_kernel_sizes": plan.pool_op_kernel_sizes, "conv_kernel_sizes": plan.conv_kernel_sizes}
+    with torch.device("meta"):
+        net = create_model(name, in_channels=in_channels, num_classes=num_classes)
+    dims = int(getattr(net, "spatial_dims", 3))
+    return dims, int(max(getattr(net, "input_shape_must_be_divisible_by", [1]) or [1]))
+
+
+def _build_model(cfg: TrainConfig, plan: Plan, in_channels: int, num_classes: int,
+                 two_d: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The network to train and the ``arch_config`` its bundle records. 3D (STU-Net): the
+    plan's pools/kernels and deep supervision; 2D networks take only the channel counts."""
+    from medpipe.models import create_model
+
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, deep_supervision=True, **arch)
+    if two_d:
+        arch = {"in_channels": in_channels, "num_classes": num_classes}
+        model = create_model(cfg.model, **arch)
+    else:
+        arch = {"in_channels": in_channels, "num_classes": num_classes,
+                "pool_op_kernel_sizes": plan.pool_op_kernel_sizes, "conv_kernel_sizes": plan.conv_kernel_sizes}
+        model = create_model(cfg.model, deep_supervision=True, **arch)
+        arch = {**arch, "deep_supervision": False}
+    if cfg.init_weights:
+        from medpipe.models.pretrained import load_pretrained
+
+        load_pretrained(model, cfg.init_weights)
     return model, arch
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                               nesterov=True, weight_decay=cfg.weight_decay)
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
     from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_COLORS, MR_LABELS
+    from medpipe.data.synapse import SYNAPSE_COLORS
 
-    known = {n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
+    known = ({n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
+             | SYNAPSE_COLORS)
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -155,7 +179,7 @@ def train(
     from medpipe.inference.precision import resolve_precision
     from medpipe.io.atomic import check_writable
     from medpipe.training.augment import Augmenter
-    from medpipe.training.loss import DeepSupervisionLoss
+    from medpipe.training.loss import DeepSupervisionLoss, DiceCELoss
     from medpipe.training.sampling import PatchSampler
 
     if bundle is not None:
@@ -174,9 +198,20 @@ def train(
         raise InputError(f"{work} already holds a training run ({CHECKPOINT}); pass --resume to continue "
                          "it or --overwrite to start again")
 
+    num_classes, in_channels = ds.num_classes, len(ds.channels)
+    dims, divisor = _model_facts(cfg.model, in_channels, num_classes)
+    two_d = dims == 2
+    if cfg.slices and not two_d:
+        raise InputError(f"--slices {cfg.slices} trains a 2D network on slices, but {cfg.model} is a 3D network")
     fp = compute_fingerprint(ds, seed=cfg.seed)
-    plan = make_plan(fp, spacing=cfg.spacing, patch_size=cfg.patch_size, max_patch_voxels=cfg.max_patch_voxels,
-                     label_names=ds.labels, mirror=cfg.mirror_axes)
+    if two_d:
+        from medpipe.training.plan2d import make_plan_2d
+
+        plan = make_plan_2d(fp, divisor=divisor, slices=cfg.slices, spacing=cfg.spacing, patch_size=cfg.patch_size,
+                            label_names=ds.labels, mirror=cfg.mirror_axes)
+    else:
+        plan = make_plan(fp, spacing=cfg.spacing, patch_size=cfg.patch_size, max_patch_voxels=cfg.max_patch_voxels,
+                         label_names=ds.labels, mirror=cfg.mirror_axes)
     train_names, val_names = kfold_split([c.name for c in ds.cases], cfg.fold, cfg.n_folds)
     work.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     (work / "fingerprint.json").write_text(json.dumps(fp.to_dict()))
@@ -184,15 +219,23 @@ def train(
     files = preprocess_dataset(ds.cases, plan, work, progress=progress)
     train_cases = [load_preprocessed(files[n]) for n in train_names]
     val_cases = [load_preprocessed(files[n]) for n in val_names]
-    num_classes, in_channels = ds.num_classes, len(ds.channels)
 
-    model, arch = _build_model(cfg, plan, in_channels, num_classes)
+    model, arch = _build_model(cfg, plan, in_channels, num_classes, two_d)
     precision = resolve_precision(cfg.precision)
     model = precision.prepare_model(model)
     optimizer = _optimizer(cfg, model)
-    sampler = PatchSampler(train_cases, plan.patch_size, cfg.fg_fraction, seed=cfg.seed)
-    augmenter = Augmenter(seed=cfg.seed, elastic=cfg.elastic, mirror_axes=tuple(plan.tta_axes)) if cfg.augment else None
-    loss_fn = DeepSupervisionLoss()
+    # a 2D network trains on (P, P, 1) patches of the oriented volumes: one slice each
+    sampler = PatchSampler(train_cases, [*plan.patch_size, 1] if two_d else plan.patch_size, cfg.fg_fraction,
+                           seed=cfg.seed)
+    augmenter = None
+    if cfg.augment and two_d:
+        from medpipe.training.augment2d import Augmenter2D
+
+        augmenter = Augmenter2D(seed=cfg.seed, mirror_axes=tuple(plan.tta_axes))
+    elif cfg.augment:
+        augmenter = Augmenter(seed=cfg.seed, elastic=cfg.elastic, mirror_axes=tuple(plan.tta_axes))
+    weight_ce, weight_dice = cfg.loss_weights or ((0.5, 0.5) if two_d else (1.0, 1.0))
+    loss_fn = DeepSupervisionLoss(DiceCELoss(weight_ce, weight_dice, batch_dice=two_d))  # nnU-Net: batch Dice in 2D
     log: list[dict[str, Any]] = []
     start = 0
     if resume:
@@ -220,6 +263,8 @@ def train(
             losses = []
             for _ in range(cfg.iters_per_epoch):
                 x, y = sampler.batch(cfg.batch_size)
+                if two_d:
+                    x, y = x[..., 0], y[..., 0]
                 if augmenter is not None:
                     pairs = [augmenter(x[i], y[i]) for i in range(len(x))]
                     x = np.stack([p[0] for p in pairs])
@@ -292,14 +337,15 @@ def _write_bundle(path: Path, model, arch, ds: TrainingDataset, plan: Plan, cfg:
     config = BundleConfig(
         name=cfg.name or path.name, version=cfg.version,
         description=cfg.description or f"{cfg.model} trained by medpipe train on {ds.extra.get('name', ds.root.name)}",
-        architecture=cfg.model, arch_config={**arch, "deep_supervision": False},
+        architecture=cfg.model, arch_config=arch,
         modality="CT" if ds.modality.upper() == "CT" else "MR", channels=list(ds.channels),
         labels={k: {"name": n, "color": colors[k]} for k, n in ds.labels.items()},
         preprocessing=preprocessing_block(plan),
         training={"dataset": str(ds.extra.get("name", ds.root.name)), "cases": len(ds.cases),
                   "fold": cfg.fold, "n_folds": cfg.n_folds, "epochs": cfg.epochs,
                   "iters_per_epoch": cfg.iters_per_epoch, "batch_size": cfg.batch_size,
-                  "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "seed": cfg.seed,
+                  "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "momentum": cfg.momentum,
+                  "weight_decay": cfg.weight_decay, "seed": cfg.seed, "slices": cfg.slices,
                   "final_train_loss": log[-1]["train_loss"] if log else None, "last_val_dice": last_val,
                   "seconds_per_epoch": None if math.isnan(sec) else round(sec, 2),
                   "pool_op_kernel_sizes": plan.pool_op_kernel_sizes},

@@ -12,7 +12,7 @@ from test_sliding_window import tiny_net, volume
 from medpipe.errors import InputError, ResourceError
 from medpipe.inference import openvino_backend as ovb
 from medpipe.inference import predict, resolve_precision
-from medpipe.inference.precision import resolve_backend
+from medpipe.inference.precision import PrecisionPlan, resolve_backend
 from medpipe.inference.sliding_window import resolve_accumulation
 
 pytest.importorskip("openvino")
@@ -120,8 +120,10 @@ def test_backend_policy():
     assert resolve_backend("openvino", cpu32, stitched_channels=105)[0] == "openvino"  # an explicit request wins
     with pytest.raises(InputError, match="backend must be"):
         resolve_backend("tensorrt", cpu32)
-    with pytest.raises(InputError, match="fp32 on the CPU"):
-        resolve_backend("openvino", resolve_precision("bf16", "cpu"))
+    # OpenVINO runs bf16 through its inference-precision hint; fp16 on a GPU it cannot run
+    assert resolve_backend("openvino", resolve_precision("bf16", "cpu"))[0] == "openvino"
+    with pytest.raises(InputError, match="fp32 or bf16 on the CPU"):
+        resolve_backend("openvino", PrecisionPlan("fp16", "cuda", False, "test"))
 
 
 def test_missing_openvino_is_a_resource_error_naming_pip(monkeypatch):

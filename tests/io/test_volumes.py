@@ -167,11 +167,16 @@ def test_missing_file_names_the_file(tmp_path):
 
 
 def test_unsupported_extension_is_refused(tmp_path):
-    (tmp_path / "scan.png").write_bytes(b"x")
-    with pytest.raises(InputError, match=r"scan\.png has an unsupported extension"):
-        read_volume(tmp_path / "scan.png")
+    (tmp_path / "scan.gif").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"scan\.gif has an unsupported extension"):
+        read_volume(tmp_path / "scan.gif")
     with pytest.raises(InputError, match="unsupported extension"):
-        write_volume(Image(np.zeros((1, 2, 2, 2)), np.eye(4)), tmp_path / "out.tiff")
+        write_volume(Image(np.zeros((1, 2, 2, 2)), np.eye(4)), tmp_path / "out.webp")
+    (tmp_path / "scan.png").write_bytes(b"x")  # pictures are read (medpipe.io.image2d), a corrupt one is refused
+    with pytest.raises(InputError, match=r"scan\.png could not be read as picture"):
+        read_volume(tmp_path / "scan.png")
+    with pytest.raises(InputError, match="has 2 slices and a picture holds one"):
+        write_volume(Image(np.zeros((1, 2, 2, 2), np.uint8), np.eye(4)), tmp_path / "out.png")
 
 
 @pytest.mark.parametrize("name", ["bad.nii.gz", "bad.nii", "bad.nrrd", "bad.mha"])
@@ -202,3 +207,28 @@ def test_image_load_save_delegate(tmp_path, ct_image):
     ct_image.save(tmp_path / "a.mha")
     back = Image.load(tmp_path / "a.mha")
     assert back.same_grid(ct_image, atol=1e-9)
+
+
+def test_pictures_round_trip_as_one_slice_images(tmp_path):
+    from PIL import Image as P
+
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    P.fromarray(rgb).save(tmp_path / "photo.png")
+    P.fromarray(np.dstack([rgb, np.full((30, 40), 255, np.uint8)])).save(tmp_path / "alpha.png")
+    P.fromarray(rgb[..., 0].astype(np.uint16) * 200).save(tmp_path / "deep.tif")
+    photo = read_volume(tmp_path / "photo.png")
+    assert photo.shape == (30, 40, 1) and photo.n_channels == 3 and np.allclose(photo.affine, np.eye(4))
+    assert np.array_equal(photo.array[..., 0], np.moveaxis(rgb, -1, 0))
+    alpha = read_volume(tmp_path / "alpha.png")
+    assert alpha.n_channels == 3 and "alpha channel was dropped" in alpha.meta.extra["warnings"][0]
+    deep = read_volume(tmp_path / "deep.tif")
+    assert deep.n_channels == 1 and deep.array.dtype == np.uint16 and deep.array.max() > 255
+    labels = photo.with_array((photo.array[:1] > 128).astype(np.uint8), is_label=True)
+    labels.meta.extra["labels"] = {1: "polyp"}
+    write_volume(labels, tmp_path / "mask.png")
+    back = read_volume(tmp_path / "mask.png")
+    assert back.is_label and back.meta.extra["labels"] == {1: "polyp"} and np.array_equal(back.array, labels.array)
+    with pytest.raises(InputError, match="JPEG is lossy"):
+        write_volume(labels, tmp_path / "mask.jpg")
+    with pytest.raises(InputError, match="holds float32 values; write it as NIfTI"):
+        write_volume(photo.with_array(photo.array.astype(np.float32)), tmp_path / "f.png")

@@ -45,3 +45,18 @@ def test_loss_decreases_on_a_learnable_case():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(v >= 0 for v in losses)
+
+
+def test_batch_dice_pools_the_batch():
+    target = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    target[0, 0, 2:6, 2:6] = 1  # the organ is only in the first slice
+    logits = torch.zeros(2, 2, 8, 8)
+    logits[:, 1] = -3.0  # a confident "background everywhere"
+    per_sample = DiceCELoss(0.0, 1.0)(logits, target).item()
+    pooled = DiceCELoss(0.0, 1.0, batch_dice=True)(logits, target).item()
+    # per sample the empty second slice scores a near-perfect Dice for predicting nothing
+    p = torch.sigmoid(torch.tensor(-3.0)).item()
+    dice0 = 2 * p * 16 / (p * 64 + 16)
+    dice1 = (0 + 1e-5) / (p * 64 + 1e-5)
+    assert per_sample == pytest.approx(1 - (dice0 + dice1) / 2, abs=1e-4)
+    assert pooled == pytest.approx(1 - 2 * p * 16 / (p * 128 + 16), abs=1e-4)

@@ -61,7 +61,7 @@ class Resample(Stage):
 
         spacing = self.params.spacing
         if spacing is None and self.params.bundle:
-            spacing = list(bundle_preprocessing(self.params.bundle).spacing)
+            spacing = bundle_preprocessing(self.params.bundle).volume_spacing  # 2D bundles: in-plane only
         if spacing is None:
             raise PipelineError(f"stage {ctx.stage!r} (resample) needs params.spacing or params.bundle")
         out, rec = resample_to_spacing(

@@ -22,7 +22,26 @@ from medpipe.models.bundle import resolve_bundle_path
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-__all__ = ["Segment", "SegmentProbabilities"]
+__all__ = ["Segment", "SegmentProbabilities", "check_channels"]
+
+
+def check_channels(cfg: Any, image: Any) -> None:
+    """One sentence when the image's channels are not the bundle's, saying which mix-up it
+    looks like (an RGB picture for a grey-scale model, a grey image for an RGB one)."""
+    want, got = len(cfg.channels), image.n_channels
+    if want == got:
+        return
+    names = ", ".join(cfg.channels)
+    rgb = [c.upper() for c in cfg.channels] == ["R", "G", "B"]
+    if got == 3 and want == 1:
+        hint = "; it looks like an RGB image: convert it to grey-scale first"
+    elif rgb and got == 1:
+        hint = "; the bundle was trained on RGB images and this one is grey-scale"
+    elif got > want:
+        hint = "; the study has more channels (sequences) than the model was trained on"
+    else:
+        hint = ""
+    raise BundleError(f"bundle {cfg.name} expects {want} channel(s) ({names}), the image has {got}{hint}")
 
 
 class _SegmentParams(StageParams):
@@ -31,7 +50,7 @@ class _SegmentParams(StageParams):
     precision: Literal["auto", "bf16", "fp32", "fp16", "int8"] = "auto"
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     tta: bool | list[int] = False  # True: the bundle's mirror axes; a list: those axes
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # patches per pass; for a 2D bundle, slices per pass (default 4)
     accumulation: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 for >= 32 classes (labels only)
     backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPU in fp32 when installed
     # auto: stitch the features in front of a linear head when it has fewer inputs than classes (exact)
@@ -50,6 +69,7 @@ class Segment(Stage):
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference import predict
+        from medpipe.inference.slicewise import check_min_size, is_2d
         from medpipe.models.bundle import load_bundle
 
         p = self.params
@@ -63,14 +83,15 @@ class Segment(Stage):
             use = {"registration": "the register or propagate_labels stage", "recon": "the recon stage"}
             raise BundleError(f"bundle {cfg.name} is a {cfg.task} bundle; the segment stage needs a segmentation "
                               f"bundle (use {use.get(cfg.task, 'another stage')})")
-        if image.n_channels != len(cfg.channels):
-            raise BundleError(f"bundle {cfg.name} expects {len(cfg.channels)} channel(s) ({', '.join(cfg.channels)}), "
-                              f"the image has {image.n_channels}")
+        check_channels(cfg, image)
         pre = cfg.preprocessing
-        if len(pre.patch_size) != 3:
-            raise BundleError(f"bundle {cfg.name} is a {len(pre.patch_size)}D model; the segment stage needs 3D")
         tta_axes = list(pre.tta_axes) if p.tta is True else ([] if p.tta is False else list(p.tta))
         model = bundle.build_model(ctx.device)
+        if (len(pre.patch_size) == 2) != is_2d(model):
+            raise BundleError(f"bundle {cfg.name}: its {len(pre.patch_size)}D patch size does not fit "
+                              f"{cfg.architecture}, a {2 if is_2d(model) else 3}D network")
+        if is_2d(model):  # slice by slice along K; the stage's batch_size counts slices per pass
+            check_min_size(model, image.shape[:2], f"the image (after {cfg.name}'s preprocessing)")
         result = predict(model, image.array, pre.patch_size, num_classes=cfg.num_classes, overlap=p.overlap,
                          tta_axes=tta_axes, precision=p.precision, batch_size=p.batch_size,
                          output="both" if self._with_probabilities else "labels", device=ctx.device,

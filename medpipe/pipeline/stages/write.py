@@ -15,7 +15,7 @@ from medpipe.pipeline.stages._labels import label_colors, label_names, present_l
 
 __all__ = ["Write", "dicom_seg_unavailable"]
 
-_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm"}
+_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm", "png": ".png"}  # png: one-slice label maps
 
 
 def dicom_seg_unavailable(source: dict[str, Any] | None, learned: dict[str, Any] | None = None) -> str | None:
@@ -41,14 +41,14 @@ def dicom_seg_unavailable(source: dict[str, Any] | None, learned: dict[str, Any]
 @register_stage
 class Write(Stage):
     kind = "write"
-    description = "write the label map as NIfTI, NRRD and/or DICOM SEG (referencing the source series)"
+    description = "write the label map as NIfTI, NRRD, PNG (2D pictures) and/or DICOM SEG (referencing the source series)"
 
     class Params(StageParams):
         # Every format the study allows is written; one it cannot have (DICOM SEG of a NIfTI
         # input) is skipped with a warning, unless it is listed in `required`: then the study
         # is refused before any stage runs.
-        formats: list[Literal["nifti", "nrrd", "dicom_seg"]] = ["nifti"]
-        required: list[Literal["nifti", "nrrd", "dicom_seg"]] = []
+        formats: list[Literal["nifti", "nrrd", "dicom_seg", "png"]] = ["nifti"]
+        required: list[Literal["nifti", "nrrd", "dicom_seg", "png"]] = []
         name: str = "segmentation"  # file stem
         seg_type: Literal["binary", "labelmap"] = "binary"
         series_description: str = "medpipe segmentation"
@@ -102,7 +102,7 @@ class Write(Stage):
         skipped: dict[str, str] = {}
         for fmt in dict.fromkeys(p.formats):
             out = ctx.workdir / f"{stem}{_SUFFIX[fmt]}"
-            if fmt in ("nifti", "nrrd"):
+            if fmt in ("nifti", "nrrd", "png"):
                 files[fmt] = self._split(labels, ctx.workdir / stem, _SUFFIX[fmt]) if p.split else out
                 if not p.split:
                     write_volume(labels, out)
