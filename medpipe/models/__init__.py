@@ -24,6 +24,7 @@ __all__ = ["ModelInfo", "count_parameters", "create_model", "is_model", "list_mo
 
 _FAMILY_MODULES = [
     "medpipe.models.stunet",
+    "medpipe.models.revunet",
 ]
 
 for _name in _FAMILY_MODULES:
