@@ -24,7 +24,7 @@ def phantoms(
     out: Path = typer.Argument(..., help="Dataset folder to create (nnU-Net v2 layout)."),
     cases: int = typer.Option(10, "--cases", "-n", help="Number of training cases."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes the same dataset."),
-    modality: str = typer.Option("ct", "--modality", help="ct (abdomen organs) or mr (brain tissues)."),
+    modality: str = typer.Option("ct", "--modality", help="ct (abdomen organs), mr (brain tissues) or brats (T1/T1c/T2/FLAIR glioma, BraTS labels)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIR if it exists."),
 ) -> None:
     """Write a varied phantom dataset: dataset.json, imagesTr/, labelsTr/, preview.png."""

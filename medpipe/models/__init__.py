@@ -25,6 +25,7 @@ __all__ = ["ModelInfo", "count_parameters", "create_model", "is_model", "list_mo
 _FAMILY_MODULES = [
     "medpipe.models.stunet",
     "medpipe.models.revunet",
+    "medpipe.models.umamba",
 ]
 
 for _name in _FAMILY_MODULES:

@@ -52,6 +52,28 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
     raise ValueError(f"norm must be 'instance', 'batch' or 'group', got {kind!r}")
 
 
+class _Pointwise(nn.Conv3d):
+    """A 1x1x1 convolution computed as a GEMM over the channels of a channels-last tensor
+    (ATen sends 1x1x1 convs to its slow im2col path on CPU, forward and backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return super().forward(x)
+        w = self.weight.view(self.out_channels, self.in_channels)
+        return nn.functional.linear(x.permute(0, 2, 3, 4, 1), w, self.bias).permute(0, 4, 1, 2, 3)
+
+
+class _Depthwise(nn.Conv3d):
+    """Depthwise 3D convolution; on CPU with the weight in channels-last too, which is what
+    makes oneDNN's kernel fast in backward (0.3 s vs 0.9 s for 2x16x64^3, measured)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return super().forward(x)
+        w = self.weight.contiguous(memory_format=torch.channels_last_3d)
+        return nn.functional.conv3d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class MBConv(nn.Module):
     """Inverted bottleneck without its own residual (the coupling adds it)."""
 
@@ -61,17 +83,21 @@ class MBConv(nn.Module):
         conv = _CONV[spatial_dims]
         hidden = channels * expand
         k = [kernel_size] * spatial_dims if isinstance(kernel_size, int) else list(kernel_size)
-        self.expand = conv(channels, hidden, 1, bias=False)
+        pointwise = _Pointwise if spatial_dims == 3 else conv
+        self.expand = pointwise(channels, hidden, 1, bias=False)
         self.norm1 = _norm(norm, hidden, spatial_dims)
         self.act1 = nn.SiLU()
-        self.depthwise = conv(hidden, hidden, k, padding=[s // 2 for s in k], groups=hidden, bias=False)
+        self.depthwise = (_Depthwise if spatial_dims == 3 else conv)(hidden, hidden, k, padding=[s // 2 for s in k], groups=hidden, bias=False)
         self.norm2 = _norm(norm, hidden, spatial_dims)
         self.act2 = nn.SiLU()
         self.dropout = _DROP[spatial_dims](dropout) if dropout > 0 else nn.Identity()
-        self.project = conv(hidden, channels, 1, bias=False)
+        self.project = pointwise(hidden, channels, 1, bias=False)
         self.norm3 = _norm(norm, channels, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5 and x.device.type == "cpu":
+            # oneDNN's depthwise 3D convolution: backward ~3x faster in channels-last (measured)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.act1(self.norm1(self.expand(x)))
         x = self.dropout(self.act2(self.norm2(self.depthwise(x))))
         return self.norm3(self.project(x))

@@ -76,9 +76,11 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 
 
 def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
+    from medpipe.data.brain_tumour import BRATS_COLORS, BRATS_LABELS
     from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_COLORS, MR_LABELS
 
     known = {n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
+    known |= {n: BRATS_COLORS[k] for k, n in BRATS_LABELS.items()}
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
