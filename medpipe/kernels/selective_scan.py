@@ -94,31 +94,35 @@ def _loop_scan(u, delta, A, B, C):
 
 
 # ----------------------------------------------------------------------------- linear-time CPU scan
-def scan_states(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """``h_t = a_t * h_{t-1} + b_t`` along dim 0 of ``(T, ...)`` tensors, from ``h0``; overwrites
-    ``a`` and ``b`` (``b`` becomes the states). Loop for short T, two-level chunked scan otherwise."""
+def scan_states(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """``h_t = a_t * h_{t-1} + b_t`` along dim 0 of ``(T, ...)`` tensors from ``h0`` (``reverse``:
+    ``h_t = a_t * h_{t+1} + b_t`` from the end); overwrites ``a`` and ``b`` (``b`` becomes the
+    states). Loop for short T, two-level chunked scan otherwise."""
     t_len = a.shape[0]
     if t_len <= LOOP_MAX_LENGTH:
         h = h0
-        for t in range(t_len):
+        for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
             h = torch.addcmul(b[t], a[t], h, out=b[t])
         return b
     s_len = math.isqrt(t_len - 1) + 1  # steps per chunk ~ sqrt(T)
     k = -(-t_len // s_len)
     pad = k * s_len - t_len
-    if pad:  # a = 1, b = 0 past the end: states stay put
+    if pad:  # a = 1, b = 0 past the end: states stay put (either direction)
         a = torch.cat([a, a.new_ones((pad, *a.shape[1:]))])
         b = torch.cat([b, b.new_zeros((pad, *b.shape[1:]))])
     av = a.view(k, s_len, *a.shape[1:])
     bv = b.view(k, s_len, *b.shape[1:])
-    for s in range(1, s_len):  # local scans of every chunk (from zero) and running products, all chunks at once
-        bv[:, s].addcmul_(av[:, s], bv[:, s - 1])
-        av[:, s].mul_(av[:, s - 1])
+    steps = range(s_len - 2, -1, -1) if reverse else range(1, s_len)
+    prev = 1 if reverse else -1
+    for s in steps:  # local scans of every chunk (from zero) and running products, all chunks at once
+        bv[:, s].addcmul_(av[:, s], bv[:, s + prev])
+        av[:, s].mul_(av[:, s + prev])
     carry = torch.empty((k, *h0.shape), dtype=b.dtype, device=b.device)
     h = h0
-    for i in range(k):  # state entering each chunk
+    edge = 0 if reverse else -1
+    for i in (range(k - 1, -1, -1) if reverse else range(k)):  # state entering each chunk
         carry[i] = h
-        h = torch.addcmul(bv[i, -1], av[i, -1], h)
+        h = torch.addcmul(bv[i, edge], av[i, edge], h)
     bv.addcmul_(av, carry[:, None])
     return bv.view(-1, *b.shape[1:])[:t_len]
 
@@ -152,7 +156,7 @@ class _CpuScan(torch.autograd.Function):
             starts.append(h)
             a, b = _coefficients(u, delta, A, B, t0, t1)
             hs = scan_states(a, b, h)
-            y[:, :, t0:t1] = torch.einsum("tbdn,bnt->bdt", hs, C[:, :, t0:t1])
+            y[:, :, t0:t1] = _contract_n(hs, C[:, :, t0:t1])
             h = hs[-1].clone()
         ctx.save_for_backward(u, delta, A, B, C, *starts)
         ctx.step = step
@@ -163,33 +167,48 @@ class _CpuScan(torch.autograd.Function):
         u, delta, A, B, C, *starts = ctx.saved_tensors
         batch, dim, length = u.shape
         step = ctx.step
-        du, ddelta = torch.zeros_like(u), torch.zeros_like(delta)
-        dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dA, dB, dC = torch.zeros_like(A), torch.empty_like(B), torch.empty_like(C)
         carry = dlast.clone() if dlast is not None else u.new_zeros((batch, dim, A.shape[1]))
         block_starts = list(range(0, length, step))
         for t0, h0 in zip(reversed(block_starts), reversed(starts), strict=True):
             t1 = min(length, t0 + step)
             a, b = _coefficients(u, delta, A, B, t0, t1)
-            a_keep = a.clone()
             hs = scan_states(a.clone(), b, h0)  # states h_t of this block
             dyb = dy[:, :, t0:t1]
-            # adjoint lam_t = C_t dy_t + a_{t+1} lam_{t+1}: a forward scan over reversed time
-            c = torch.einsum("bdt,bnt->tbdn", dyb, C[:, :, t0:t1])
+            bt = B[:, :, t0:t1].permute(2, 0, 1)[:, :, None, :]  # (T, B, 1, N)
+            c = dyb.permute(2, 0, 1)[..., None] * C[:, :, t0:t1].permute(2, 0, 1)[:, :, None, :]  # C_t dy_t
+            # adjoint lam_t = c_t + mu_{t+1} with mu_t = a_t lam_t, i.e. mu_t = a_t mu_{t+1} + a_t c_t (reverse scan)
             c[-1] += carry
-            a_next = torch.cat([a_keep[1:], a_keep.new_ones((1, *a_keep.shape[1:]))])
-            lam = scan_states(a_next.flip(0), c.flip(0), torch.zeros_like(h0)).flip(0)
-            carry = a_keep[0] * lam[0]
-            h_prev = torch.cat([h0[None], hs[:-1]])
-            g_a = lam * h_prev * a_keep  # d loss / d (delta * A)
+            mu = scan_states(a, a * c, torch.zeros_like(h0), reverse=True)  # consumes a
+            lam = c
+            lam[:-1] += mu[1:]
+            carry = mu[0].clone()
+            g_a = mu  # d loss / d (delta * A) = mu_t * h_{t-1}
+            g_a[1:] *= hs[:-1]
+            g_a[0] *= h0
             dl = delta[:, :, t0:t1]
             ub = u[:, :, t0:t1]
-            lam_b = torch.einsum("tbdn,bnt->bdt", lam, B[:, :, t0:t1])  # sum_n lam * B
-            ddelta[:, :, t0:t1] = torch.einsum("tbdn,dn->bdt", g_a, A) + lam_b * ub
+            lam_b = _contract_n(lam, bt)  # sum_n lam * B -> (B, D, T)
+            ddelta[:, :, t0:t1] = _contract_n(g_a, A[None, None]) + lam_b * ub
             du[:, :, t0:t1] = lam_b * dl
-            dA += torch.einsum("tbdn,bdt->dn", g_a, dl)
-            dB[:, :, t0:t1] = torch.einsum("tbdn,bdt->bnt", lam, dl * ub)
-            dC[:, :, t0:t1] = torch.einsum("bdt,tbdn->bnt", dyb, hs)
+            dA += (g_a * dl.permute(2, 0, 1)[..., None]).sum((0, 1))
+            dB[:, :, t0:t1] = _contract_d(lam, (dl * ub).permute(2, 0, 1))
+            dC[:, :, t0:t1] = _contract_d(hs, dyb.permute(2, 0, 1))
         return du, ddelta, dA, dB, dC
+
+
+def _contract_n(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``sum_n x[t, b, d, n] * other`` -> (B, D, T); ``other`` is (B, N, T) or broadcastable to x."""
+    if other.dim() == 3:
+        other = other.permute(2, 0, 1)[:, :, None, :]
+    return (x * other).sum(-1).permute(1, 2, 0)
+
+
+def _contract_d(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_d x[t, b, d, n] * w[t, b, d]`` -> (B, N, T) (a broadcast product: batched tiny matrix
+    products were 4x slower here)."""
+    return (x * w[..., None]).sum(2).permute(1, 2, 0)
 
 
 def _use_triton(u: torch.Tensor, backend: str) -> bool:

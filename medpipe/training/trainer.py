@@ -60,9 +60,12 @@ def poly_lr(base: float, epoch: int, epochs: int, exponent: float = 0.9) -> floa
 
 def _build_model(cfg: TrainConfig, plan: Plan, in_channels: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
     from medpipe.models import create_model
+    from medpipe.models.registry import accepts
 
     arch = {"in_channels": in_channels, "num_classes": num_classes,
             "pool_op_kernel_sizes": plan.pool_op_kernel_sizes, "conv_kernel_sizes": plan.conv_kernel_sizes}
+    if accepts(cfg.model, "patch_size"):  # built for one patch size (U-Mamba_Enc's channel tokens)
+        arch["patch_size"] = list(plan.patch_size)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, deep_supervision=True, **arch)
     return model, arch
@@ -189,7 +192,9 @@ def train(
     num_classes, in_channels = ds.num_classes, len(ds.channels)
 
     model, arch = _build_model(cfg, plan, in_channels, num_classes)
-    precision = resolve_precision(cfg.precision)
+    # a model may pin its training precision (U-Mamba: fp32, its authors found AMP gives NaNs)
+    pinned = getattr(model, "training_precision", None)
+    precision = resolve_precision(pinned if cfg.precision == "auto" and pinned else cfg.precision)
     model = precision.prepare_model(model)
     optimizer = _optimizer(cfg, model)
     sampler = PatchSampler(train_cases, plan.patch_size, cfg.fg_fraction, seed=cfg.seed)
