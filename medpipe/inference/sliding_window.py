@@ -365,6 +365,11 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     head = _stitch_head(stitch, model, num_classes, plan)
     channels = head.in_channels if head is not None else num_classes
     backend_name, backend_reason = resolve_backend(backend, plan, channels if output == "labels" else 0)
+    if backend_name == "openvino" and plan.name != "int8" and not getattr(model, "openvino_convertible", True):
+        why = getattr(model, "openvino_note", "the network does not convert to OpenVINO")
+        if backend == "openvino":
+            raise InputError(f"backend='openvino': {why}; use backend='auto' or 'torch'")
+        backend_name, backend_reason = "torch", f"auto: {why}"
     accumulation = resolve_accumulation(accumulation, channels, output)
     flips = mirror_combinations(tta_axes)
     if any(not 0 <= a < 3 for a in tta_axes):

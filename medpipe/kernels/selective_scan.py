@@ -98,6 +98,8 @@ def scan_states(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: boo
     """``h_t = a_t * h_{t-1} + b_t`` along dim 0 of ``(T, ...)`` tensors from ``h0`` (``reverse``:
     ``h_t = a_t * h_{t+1} + b_t`` from the end); overwrites ``a`` and ``b`` (``b`` becomes the
     states). Loop for short T, two-level chunked scan otherwise."""
+    if torch.jit.is_tracing():  # exporters (OpenVINO's converter) cannot take in-place writes into views
+        return _scan_states_functional(a, b, h0, reverse)
     t_len = a.shape[0]
     if t_len <= LOOP_MAX_LENGTH:
         h = h0
@@ -127,6 +129,39 @@ def scan_states(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: boo
     return bv.view(-1, *b.shape[1:])[:t_len]
 
 
+def _scan_states_functional(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """``scan_states`` without in-place writes (forward direction only is needed for inference)."""
+    if reverse:
+        raise ValueError("the functional scan is for inference (forward direction) only")
+    t_len = a.shape[0]
+    if t_len <= LOOP_MAX_LENGTH:
+        hs, h = [], h0
+        for t in range(t_len):
+            h = a[t] * h + b[t]
+            hs.append(h)
+        return torch.stack(hs)
+    s_len = math.isqrt(t_len - 1) + 1
+    k = -(-t_len // s_len)
+    pad = k * s_len - t_len
+    if pad:  # constant pads (a traced new_ones(...) of a computed size did not survive conversion)
+        widths = [0, 0] * (a.dim() - 1) + [0, pad]
+        a = F.pad(a, widths, value=1.0)
+        b = F.pad(b, widths, value=0.0)
+    av = a.reshape(k, s_len, *a.shape[1:])
+    bv = b.reshape(k, s_len, *b.shape[1:])
+    loc, cum = [bv[:, 0]], [av[:, 0]]
+    for s in range(1, s_len):
+        loc.append(av[:, s] * loc[-1] + bv[:, s])
+        cum.append(av[:, s] * cum[-1])
+    local, prod = torch.stack(loc, 1), torch.stack(cum, 1)
+    carries, h = [], h0
+    for i in range(k):
+        carries.append(h)
+        h = local[i, -1] + prod[i, -1] * h
+    out = local + prod * torch.stack(carries)[:, None]
+    return out.reshape(-1, *b.shape[1:])[:t_len]
+
+
 def _block_length(batch: int, dim: int, n: int, length: int) -> int:
     per_step = max(1, batch * dim * n * 4)
     return max(1, min(length, BLOCK_BYTES // per_step))
@@ -140,26 +175,33 @@ def _coefficients(u, delta, A, B, t0, t1):
     return a, b
 
 
+def _cpu_scan_forward(u, delta, A, B, C):
+    """(y, last state, state at each block start), block by block with bounded memory."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    step = _block_length(batch, dim, n, length)
+    ys = []
+    h = u.new_zeros((batch, dim, n))
+    starts = []
+    for t0 in range(0, length, step):
+        t1 = min(length, t0 + step)
+        starts.append(h)
+        a, b = _coefficients(u, delta, A, B, t0, t1)
+        hs = scan_states(a, b, h)
+        ys.append(_contract_n(hs, C[:, :, t0:t1]))
+        h = hs[-1].clone()
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    return y, h, starts
+
+
 class _CpuScan(torch.autograd.Function):
     """``y_t = <C_t, h_t>`` of the recurrence; saves inputs + one state per block, linear backward."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
-        batch, dim, length = u.shape
-        n = A.shape[1]
-        step = _block_length(batch, dim, n, length)
-        y = u.new_empty((batch, dim, length))
-        h = u.new_zeros((batch, dim, n))
-        starts = []
-        for t0 in range(0, length, step):
-            t1 = min(length, t0 + step)
-            starts.append(h)
-            a, b = _coefficients(u, delta, A, B, t0, t1)
-            hs = scan_states(a, b, h)
-            y[:, :, t0:t1] = _contract_n(hs, C[:, :, t0:t1])
-            h = hs[-1].clone()
+        y, h, starts = _cpu_scan_forward(u, delta, A, B, C)
         ctx.save_for_backward(u, delta, A, B, C, *starts)
-        ctx.step = step
+        ctx.step = _block_length(u.shape[0], u.shape[1], A.shape[1], u.shape[2])
         return y, h
 
     @staticmethod
@@ -242,8 +284,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         from medpipe.kernels.dispatch import load_triton_impl
 
         y, last = load_triton_impl_scan(load_triton_impl).apply(u, delta, A, B, C)
-    else:
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
         y, last = _CpuScan.apply(u, delta, A, B, C)
+    else:  # inference: plain tensor ops, so tracers (OpenVINO's converter) see the computation itself
+        y, last, _ = _cpu_scan_forward(u, delta, A, B, C)
     out = _finish(y, u, D, z, dtype_in)
     return (out, last) if return_last_state else out
 

@@ -233,6 +233,11 @@ class UMamba(nn.Module):
         self.n_blocks_per_stage, self.n_conv_per_stage_decoder = enc_blocks, dec_blocks
         self.input_shape_must_be_divisible_by = [math.prod(s[a] for s in strides) for a in range(spatial_dims)]
         self.training_precision = "fp32"  # the authors' NoAMP finding: autocast gives NaNs
+        # measured: Bot converts to OpenVINO (agrees with PyTorch to 5e-4 in probability); Enc's
+        # full-resolution scans over ~10^4-10^5 voxel tokens convert but fail OpenVINO's shape inference
+        self.openvino_convertible = variant == "bot"
+        self.openvino_note = ("U-Mamba_Enc's full-resolution Mamba layers (a selective scan over every voxel) do not "
+                              "survive OpenVINO's conversion (shape inference fails at run time), so it runs on PyTorch")
         self.input_size = None
         mamba_stages, token_dims = None, [0] * n
         if variant == "enc":

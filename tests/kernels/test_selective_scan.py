@@ -119,3 +119,18 @@ def test_triton_kernels_match_the_reference_under_interpreter():
     """)
     assert len(out["scan"]) == 2 and max(out["scan"]) < 2e-5
     assert out["conv"] < 1e-4
+
+
+@pytest.mark.parametrize("length", [30, 1000])
+def test_functional_scan_used_when_tracing_equals_the_in_place_one(length):
+    torch.manual_seed(0)
+    a, b, h0 = torch.rand(length, 2, 3), torch.randn(length, 2, 3), torch.randn(2, 3)
+    expected = scan_states(a.clone(), b.clone(), h0)
+    torch.testing.assert_close(ss._scan_states_functional(a, b, h0, False), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reverse_scan():
+    torch.manual_seed(0)
+    a, b, h0 = torch.rand(300, 4), torch.randn(300, 4), torch.randn(4)
+    flipped = scan_states(a.flip(0).clone(), b.flip(0).clone(), h0).flip(0)
+    torch.testing.assert_close(scan_states(a.clone(), b.clone(), h0, reverse=True), flipped, atol=1e-5, rtol=1e-5)

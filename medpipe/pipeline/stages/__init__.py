@@ -14,6 +14,7 @@ _STAGE_MODULES: list[str] = [
     "preview",
     "write",
     "segment",
+    "load_channels",
 ]
 
 for _m in _STAGE_MODULES:
