@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle
+.PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle train-brain-bundle
 
 setup: $(STAMP) system-deps
 
@@ -54,6 +54,11 @@ quantize-ct-bundle: setup
 	  $$(for f in $(QDIR)/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
 	rm -rf medpipe/bundles/ct_organs_phantom && mv $(QDIR)/bundle medpipe/bundles/ct_organs_phantom
 	rm -rf $(QDIR)
+
+# Re-train the shipped brain-tumour bundle (reversible MBConv U-Net on 4-channel BraTS-like phantoms)
+# from nothing: phantom dataset -> train -> held-out evaluation (configs/train_brain_tumour.yaml).
+train-brain-bundle: setup
+	$(BIN)/python -m medpipe.training.recipe configs/train_brain_tumour.yaml -o medpipe/bundles/brain_tumour_phantom --overwrite
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
