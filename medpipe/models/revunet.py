@@ -33,6 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from medpipe.models._heads import DeepSupervisionHeads
 from medpipe.models.registry import register_model
 
 __all__ = ["MBConv", "ReversibleBlock", "ReversibleStage", "RevUNet", "revunet_xs", "revunet_s", "revunet_brats"]
@@ -204,22 +205,12 @@ class _ReversibleStage(torch.autograd.Function):
             y1, y2 = y.chunk(2, dim=1)
             dy1, dy2 = dy.chunk(2, dim=1)
             with _norm_stats_frozen(block):
-                z1 = y1.detach().requires_grad_(True)
-                with torch.enable_grad(), (g_state.replay() if g_state else _nothing()):
-                    gz = block.g(z1)
-                g_params = [p for p in block.g.parameters() if p.requires_grad]
-                got = torch.autograd.grad(gz, [z1, *g_params], dy2, allow_unused=True)
-                x2 = y2 - gz.detach()
-                dy1 = dy1 + got[0]
-                _accumulate(grads, g_params, got[1:])
-                z2 = x2.detach().requires_grad_(True)
-                with torch.enable_grad(), (f_state.replay() if f_state else _nothing()):
-                    fz = block.f(z2)
-                f_params = [p for p in block.f.parameters() if p.requires_grad]
-                got = torch.autograd.grad(fz, [z2, *f_params], dy1, allow_unused=True)
-                x1 = y1 - fz.detach()
-                dy2 = dy2 + got[0]
-                _accumulate(grads, f_params, got[1:])
+                gz, d_y1 = _recompute(block.g, y1, g_state, dy2, grads)  # y2 = x2 + G(y1)
+                x2 = y2 - gz
+                dy1 = dy1 + d_y1
+                fz, d_x2 = _recompute(block.f, x2, f_state, dy1, grads)  # y1 = x1 + F(x2)
+                x1 = y1 - fz
+                dy2 = dy2 + d_x2
             y = torch.cat((x1, x2), dim=1)
             dy = torch.cat((dy1, dy2), dim=1)
         param_grads = [grads.get(id(p)) for p in ctx.params]
@@ -230,6 +221,18 @@ class _ReversibleStage(torch.autograd.Function):
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _recompute(fn: nn.Module, x: torch.Tensor, state: _RngState | None, d_out: torch.Tensor,
+               grads: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(x)`` again (same RNG draws), with grad: its value, d/dx, parameter grads accumulated."""
+    z = x.detach().requires_grad_(True)
+    with torch.enable_grad(), (state.replay() if state else _nothing()):
+        out = fn(z)
+    params = [p for p in fn.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out, [z, *params], d_out, allow_unused=True)
+    _accumulate(grads, params, got[1:])
+    return out.detach(), got[0]
 
 
 def _accumulate(grads: dict[int, torch.Tensor], params: list[torch.Tensor], values) -> None:
@@ -273,7 +276,7 @@ class _ConvNormAct(nn.Sequential):
                          _norm(norm, cout, spatial_dims), nn.SiLU())
 
 
-class RevUNet(nn.Module):
+class RevUNet(DeepSupervisionHeads, nn.Module):
     """U-Net of reversible MBConv stages; see the module docstring for what is stored when."""
 
     def __init__(self, in_channels: int, num_classes: int, *, widths: Sequence[int], depth: Sequence[int] | int,
@@ -334,16 +337,6 @@ class RevUNet(nn.Module):
             if heads and u < len(self.decoder) - 1:
                 outputs.append(self.seg_outputs[u](x))
         return x, outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        want_all = self.deep_supervision and self.training
-        features, outputs = self._decode(x, want_all)
-        outputs.append(self.head(features))
-        return outputs[::-1] if want_all else outputs[-1]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Full-resolution decoder features (``widths[0]`` channels) in front of ``head``."""
-        return self._decode(x, False)[0]
 
     @property
     def head(self) -> nn.Module:

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from medpipe.errors import BundleError
+from medpipe.models._heads import DeepSupervisionHeads
 from medpipe.models.mamba import Mamba
 from medpipe.models.registry import register_model
 from medpipe.models.stunet import BasicResBlock, UpsampleLayerNearest, _init_he
@@ -205,7 +206,7 @@ class _Decoder(nn.Module):
 _ALIAS = re.compile(r"\.all_modules\.(\d+)\.")
 
 
-class UMamba(nn.Module):
+class UMamba(DeepSupervisionHeads, nn.Module):
     """U-Mamba_Bot (``variant="bot"``) or U-Mamba_Enc (``"enc"``) from nnU-Net plan values."""
 
     def __init__(self, in_channels: int, num_classes: int, *, features: Sequence[int],
@@ -264,16 +265,6 @@ class UMamba(nn.Module):
         if self.mamba_layer is not None:
             skips[-1] = self.mamba_layer(skips[-1])
         return self.decoder(skips, heads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        want_all = self.deep_supervision and self.training
-        features, outputs = self._decode(x, want_all)
-        outputs.append(self.head(features))
-        return outputs[::-1] if want_all else outputs[-1]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Full-resolution decoder features in front of ``head`` (``features[0]`` channels)."""
-        return self._decode(x, False)[0]
 
     @property
     def head(self) -> nn.Module:
