@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--earlier-rows", type=Path, default=None,
+                   help="JSON list of table rows measured by an earlier run with the same settings (kept first)")
     a = p.parse_args(argv)
     import torch
 
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "dataset.json").exists():
         write_phantom_dataset(data, a.cases, seed=1, modality="brats", progress=False)
     load = os.getloadavg()
-    rows = []
-    for name in a.models.split(","):
+    import json
+
+    rows = json.loads(a.earlier_rows.read_text()) if a.earlier_rows else []
+    for name in [m for m in a.models.split(",") if m]:
         cfg = TrainConfig(model=name, epochs=a.epochs, iters_per_epoch=a.iters, batch_size=a.batch,
                           patch_size=[a.patch] * 3, spacing=[2.0, 2.0, 2.0], fold=0, n_folds=5, optimizer="adamw",
                           lr=3e-3, val_every=a.epochs, checkpoint_every=a.epochs, precision="fp32", threads=a.threads,
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             f"out), {a.epochs} epochs x {a.iters} iterations, batch {a.batch}, patch {a.patch}^3 at 2 mm, AdamW 3e-3, "
             f"fp32, {a.threads} thread(s), the same seed; held-out cases predicted on their original grids. Load "
             f"average before/after {load[0]:.2f}/{load_after[0]:.2f} (other agents share the 2 cores: times are upper "
-            "bounds).\n\n" + table + "\n\nA small equal budget: it ranks how fast each architecture learns here, not "
+            "bounds)." + (" Rows from an earlier invocation with identical settings come first." if a.earlier_rows
+                          else "") + "\n\n" + table + "\n\nA small equal budget: it ranks how fast each architecture learns here, not "
             "what it reaches when converged.\n")
     record("train_brain_models", "Brain tumour phantoms: STU-Net-S vs U-Mamba_Bot vs RevUNet (same budget)", body)
     print(body)
