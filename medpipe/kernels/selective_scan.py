@@ -141,13 +141,10 @@ def _scan_states_functional(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, 
             h = a[t] * h + b[t]
             hs.append(h)
         return torch.stack(hs)
-    s_len = math.isqrt(t_len - 1) + 1
-    k = -(-t_len // s_len)
-    pad = k * s_len - t_len
-    if pad:  # constant pads (a traced new_ones(...) of a computed size did not survive conversion)
-        widths = [0, 0] * (a.dim() - 1) + [0, pad]
-        a = F.pad(a, widths, value=1.0)
-        b = F.pad(b, widths, value=0.0)
+    # chunks that divide T exactly: padded shapes did not survive OpenVINO's shape inference
+    # (a 216-token bottleneck failed, 64 tokens worked)
+    s_len = max(d for d in range(1, math.isqrt(t_len) + 1) if t_len % d == 0)
+    k = t_len // s_len
     av = a.reshape(k, s_len, *a.shape[1:])
     bv = b.reshape(k, s_len, *b.shape[1:])
     loc, cum = [bv[:, 0]], [av[:, 0]]
@@ -160,7 +157,7 @@ def _scan_states_functional(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, 
         carries.append(h)
         h = local[i, -1] + prod[i, -1] * h
     out = local + prod * torch.stack(carries)[:, None]
-    return out.reshape(-1, *b.shape[1:])[:t_len]
+    return out.reshape(-1, *b.shape[1:])
 
 
 def _block_length(batch: int, dim: int, n: int, length: int) -> int:
