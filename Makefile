@@ -9,7 +9,8 @@ DEMO_DIR ?= demo_out
 
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
 	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
-	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle
+	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle \
+	train-brain-tumour-bundle
 
 setup: $(STAMP) system-deps
 
@@ -105,6 +106,11 @@ quantize-ct-2d-bundle: setup
 	  $$(for f in $(QDIR)2d/calibration/imagesTr/*.nii.gz; do printf -- '-c %s ' "$$f"; done)
 	rm -rf medpipe/bundles/ct_organs_2d_phantom && mv $(QDIR)2d/bundle medpipe/bundles/ct_organs_2d_phantom
 	rm -rf $(QDIR)2d
+
+# Re-train the shipped brain-tumour bundle (reversible MBConv U-Net on 4-channel BraTS-like phantoms)
+# from nothing: phantom dataset -> train -> held-out evaluation (configs/train_brain_tumour.yaml).
+train-brain-tumour-bundle: setup
+	$(BIN)/python -m medpipe.training.recipe configs/train_brain_tumour.yaml -o medpipe/bundles/brain_tumour_phantom --overwrite
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -24,7 +24,7 @@ def phantoms(
     out: Path = typer.Argument(..., help="Dataset folder to create (nnU-Net v2 layout)."),
     cases: int = typer.Option(10, "--cases", "-n", help="Number of training cases."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes the same dataset."),
-    modality: str = typer.Option("ct", "--modality", help="ct (abdomen organs) or mr (brain tissues)."),
+    modality: str = typer.Option("ct", "--modality", help="ct (abdomen organs), mr (brain tissues) or brats (T1/T1c/T2/FLAIR glioma, BraTS labels)."),
     shape: str = typer.Option("", "--shape", help="Voxels per case as I,J,K (default: the modality's)."),
     spacing: str = typer.Option("", "--spacing", help="Voxel size in mm as I,J,K, jittered +-10 %% per case."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIR if it exists."),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medpipe.data.brain_tumour import BRATS_CHANNELS, BRATS_COLORS, BRATS_LABELS, brain_tumour_phantom
 from medpipe.data.phantoms import CT_LABELS, MR_LABELS, ct_phantom, mr_brain_phantom
 from medpipe.errors import InputError
 from medpipe.image import Image
@@ -26,6 +27,9 @@ __all__ = ["write_phantom_dataset", "flip_axes", "PHANTOM_MODALITIES"]
 PHANTOM_MODALITIES = {
     "ct": {"make": ct_phantom, "labels": CT_LABELS, "channel": "CT", "shape": (136, 112, 104), "spacing": (3.0, 3.0, 3.0)},
     "mr": {"make": mr_brain_phantom, "labels": MR_LABELS, "channel": "T1", "shape": (64, 64, 48), "spacing": (1.0, 1.0, 1.5)},
+    # BraTS-like glioma: four co-registered contrasts, labels 1 NCR / 2 ED / 3 ET
+    "brats": {"make": brain_tumour_phantom, "labels": BRATS_LABELS, "channels": BRATS_CHANNELS, "shape": (64, 64, 48),
+              "spacing": (2.0, 2.0, 2.0)},
 }  # fmt: skip
 
 
@@ -91,7 +95,7 @@ def write_phantom_dataset(
     dataset_json = {
         "name": f"medpipe {modality.upper()} phantoms",
         "description": "Synthetic phantoms written by `medpipe data phantoms` (no patient data).",
-        "channel_names": {"0": spec["channel"]},
+        "channel_names": {str(c): name for c, name in enumerate(spec.get("channels", [spec.get("channel")]))},
         "labels": {"background": 0, **{name: int(k) for k, name in names.items()}},
         "numTraining": cases,
         "file_ending": ".nii.gz",
@@ -107,7 +111,8 @@ def write_phantom_dataset(
                 from medpipe.data.synapse import relabel_by_name
 
                 seg = relabel_by_name(seg, spec["labels"], names)
-            write_volume(img, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
+            for c in range(img.n_channels):  # nnU-Net: one file per channel, CASE_XXXX
+                write_volume(img.with_array(img.array[c:c + 1]), tmp / "imagesTr" / f"{case_id}_{c:04d}.nii.gz")
             write_volume(seg, tmp / "labelsTr" / f"{case_id}.nii.gz")
             if len(first) < 4:
                 first.append((img, seg))
@@ -148,8 +153,8 @@ def _write_preview(pairs: list[tuple[Image, Image]], labels: dict[int, str], mod
 
     from medpipe.data.phantoms import CT_COLORS, MR_COLORS
 
-    by_name = {n: c for table, lab in ((CT_COLORS, CT_LABELS), (MR_COLORS, MR_LABELS)) for k, n in lab.items()
-               for c in [table[k]]}
+    tables = ((CT_COLORS, CT_LABELS), (MR_COLORS, MR_LABELS), (BRATS_COLORS, BRATS_LABELS))
+    by_name = {n: c for table, lab in tables for k, n in lab.items() for c in [table[k]]}
     colors = {k: by_name.get(n, (120, 200, 255)) for k, n in labels.items()}
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.4), squeeze=False)
     for ax, (img, seg) in zip(axes[0], pairs, strict=True):
@@ -158,8 +163,11 @@ def _write_preview(pairs: list[tuple[Image, Image]], labels: dict[int, str], mod
         if stored[:2] == "RA":
             img, seg = flip_axes(img, (0, 1)), flip_axes(seg, (0, 1))
         k = img.shape[2] // 2
-        lo, hi = (-200, 300) if modality == "ct" else np.percentile(img.array, [1, 99.5])
-        ax.imshow(img.array[0, :, :, k].T, cmap="gray", vmin=lo, vmax=hi)
+        if modality == "brats":  # the slice through the lesion, on FLAIR (the last channel)
+            k = int(np.argwhere(seg.array[0] > 0)[:, 2].mean()) if seg.array.any() else k
+        ch = img.n_channels - 1
+        lo, hi = (-200, 300) if modality == "ct" else np.percentile(img.array[ch], [1, 99.5])
+        ax.imshow(img.array[ch, :, :, k].T, cmap="gray", vmin=lo, vmax=hi)
         for lab in labels:
             mask = seg.array[0, :, :, k].T == lab
             if mask.any():

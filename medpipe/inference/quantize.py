@@ -46,7 +46,7 @@ from medpipe.image import Image
 from medpipe.inference.tiling import pad_amounts, plan_tiles
 
 __all__ = ["DEFAULT_MIN_AGREEMENT", "QuantizationReport", "calibration_patches", "edge_convolutions",
-           "quantize_network", "quantize_accuracy_controlled", "unquantized_convolutions",
+           "quantize_network", "quantize_accuracy_controlled", "depthwise_convolutions", "unquantized_convolutions",
            "worst_structure_dice", "fp32_references", "check_agreement", "quantize_bundle"]
 
 DEFAULT_MIN_AGREEMENT = 0.995
@@ -125,6 +125,13 @@ def edge_convolutions(om: Any) -> list[str]:
             continue
         stack += [inp.get_source_output().get_node() for inp in node.inputs()]
     return names
+
+
+def depthwise_convolutions(om: Any) -> list[str]:
+    """Grouped (depthwise) convolutions, kept fp32: OpenVINO's CPU plugin found no int8 kernel for the
+    reversible U-Net's depthwise 3D convolutions here ("No suitable implementations" at compile time);
+    with them in fp32 the rest quantises and compiles."""
+    return [op.get_friendly_name() for op in om.get_ops() if op.get_type_name() == "GroupConvolution"]
 
 
 def _convolutions(om: Any) -> list[Any]:
@@ -354,7 +361,7 @@ def quantize_bundle(src: str | Path, calibration: Sequence[str | Path], out: str
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         xml = tmp / "int8" / INT8_XML
         for attempt in _ATTEMPTS if max_restored else _ATTEMPTS[:2]:
-            keep = edge_convolutions(fp32_model) if attempt != _ATTEMPTS[0] else []
+            keep = (edge_convolutions(fp32_model) if attempt != _ATTEMPTS[0] else []) + depthwise_convolutions(fp32_model)
             t = time.perf_counter()
             if attempt == _ATTEMPTS[2]:
                 tiles = cut([v for _, v in valid])

@@ -386,6 +386,8 @@ def _autotune(model: torch.nn.Module, vol: torch.Tensor, tiles: TilePlan, patch:
     cands = at.candidates(dev, int8_available=int8_model is not None and not many)
     if output == "labels" and stitched >= MANY_CLASSES:  # stitching dominates; OpenVINO only costs memory
         cands = [c for c in cands if c.backend == "torch"]
+    if not getattr(model, "openvino_convertible", True):  # e.g. U-Mamba_Enc: PyTorch only (openvino_note)
+        cands = [c for c in cands if c.backend == "torch"]
     shape = (batch_size, vol.shape[1], *patch)
     try:
         return at.tune({c: factory(c) for c in cands}, sample, num_classes,
@@ -510,6 +512,11 @@ def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, patch_size
     head = _stitch_head(stitch, model, num_classes, plan)
     channels = head.in_channels if head is not None else num_classes
     backend_name, backend_reason = resolve_backend(backend, plan, channels if output == "labels" else 0)
+    if backend_name == "openvino" and plan.name != "int8" and not getattr(model, "openvino_convertible", True):
+        why = getattr(model, "openvino_note", "the network does not convert to OpenVINO")
+        if backend == "openvino":
+            raise InputError(f"backend='openvino': {why}; use backend='auto' or 'torch'")
+        backend_name, backend_reason = "torch", f"auto: {why}"
     if tuned is not None:
         backend_reason = f"auto (measured{', cached' if tuned.cached else ''}): {tuned.choice.name}"
     accumulation = resolve_accumulation(accumulation, channels, output)

@@ -33,6 +33,8 @@ _FAMILY_MODULES = [
     "medpipe.models.paratranscnn",
     "medpipe.models.transdae",
     "medpipe.models.smp_unet",
+    "medpipe.models.revunet",
+    "medpipe.models.umamba",
 ]
 
 for _name in _FAMILY_MODULES:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_info", "normalize_name",
+__all__ = ["register_model", "create_model", "accepts", "list_models", "model_info", "normalize_name",
            "is_model", "ModelInfo", "count_parameters", "model_task", "with_task"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -78,6 +78,14 @@ def create_model(name: str, **cfg) -> nn.Module:
 
         raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return _MODELS[key](**cfg)
+
+
+def accepts(name: str, argument: str) -> bool:
+    """True when model ``name``'s factory declares ``argument`` (e.g. ``patch_size``) explicitly."""
+    import inspect
+
+    fn = _MODELS.get(normalize_name(name))
+    return fn is not None and argument in inspect.signature(fn).parameters
 
 
 def count_parameters(model: nn.Module) -> int:

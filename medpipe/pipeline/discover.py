@@ -10,7 +10,10 @@ The rule, in order:
    StudyInstanceUID (one study exported as one folder per series), with no image files
    beside them, is one study; sub-folders without DICOM files (a ``ground_truth/`` or
    ``reports/`` folder) do not split it into a batch.
-4. Otherwise every visible child that is an image file, a zip or a non-empty folder is
+4. A folder whose image files are the contrasts of one case (one shared name plus a contrast
+   suffix: BraTS ``_t1 _t1ce _t2 _flair`` / ``-t1n -t1c -t2w -t2f``, nnU-Net ``_0000`` ...) is one
+   multi-contrast study (what the ``load_channels`` stage reads).
+5. Otherwise every visible child that is an image file, a zip or a non-empty folder is
    one study (a batch). Hidden entries and other files (README, JSON) are ignored.
 
 A folder with nothing study-like in it is an error, as are two studies that would get
@@ -19,6 +22,7 @@ the same name (``case1.nii.gz`` next to ``case1/``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from medpipe.errors import InputError
@@ -27,6 +31,20 @@ from medpipe.pipeline.runner import study_name_of
 __all__ = ["discover_studies", "is_dicom_file"]
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".h5", ".hdf5")  # .h5: raw k-space
+_CONTRAST = re.compile(r"^(?P<case>.+?)[_-](?P<contrast>t1|t1ce|t1c|t1n|t1w|t1gd|t2|t2w|t2f|flair|\d{4})$", re.I)
+
+
+def _one_multicontrast_case(images: list[Path]) -> bool:
+    """Two or more files named ``CASE<sep>CONTRAST`` with one CASE and distinct contrasts."""
+    if len(images) < 2:
+        return False
+    stems = [next((p.name[: -len(s)] for s in _IMAGE_SUFFIXES if p.name.lower().endswith(s)), p.name) for p in images]
+    found = [_CONTRAST.match(s) for s in stems]
+    if not all(found):
+        return False
+    cases = {m.group("case") for m in found}
+    contrasts = [m.group("contrast").lower() for m in found]
+    return len(cases) == 1 and len(set(contrasts)) == len(contrasts)
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -93,6 +111,8 @@ def discover_studies(path: str | Path) -> list[tuple[str, Path]]:
         uids = {_study_uid(f) for f in folders} - {""}
         if len(uids) == 1 and None not in uids:
             return [(study_name_of(path), path)]
+    if images and not folders and _one_multicontrast_case([i for i in images if not i.name.lower().endswith(".zip")]):
+        return [(study_name_of(path), path)]
     studies = [(study_name_of(c), c) for c in [*folders, *images]]
     if not studies:
         raise InputError(f"input folder {path} holds no DICOM files, image files or study folders")

@@ -73,6 +73,7 @@ def _build_model(cfg: TrainConfig, plan: Plan, in_channels: int, num_classes: in
     """The network to train and the ``arch_config`` its bundle records. 3D (STU-Net): the
     plan's pools/kernels and deep supervision; 2D networks take only the channel counts."""
     from medpipe.models import create_model
+    from medpipe.models.registry import accepts
 
     torch.manual_seed(cfg.seed)
     if two_d:
@@ -81,6 +82,8 @@ def _build_model(cfg: TrainConfig, plan: Plan, in_channels: int, num_classes: in
     else:
         arch = {"in_channels": in_channels, "num_classes": num_classes,
                 "pool_op_kernel_sizes": plan.pool_op_kernel_sizes, "conv_kernel_sizes": plan.conv_kernel_sizes}
+        if accepts(cfg.model, "patch_size"):  # built for one patch size (U-Mamba_Enc's channel tokens)
+            arch["patch_size"] = list(plan.patch_size)
         model = create_model(cfg.model, deep_supervision=True, **arch)
         arch = {**arch, "deep_supervision": False}
     if cfg.init_weights:
@@ -98,11 +101,13 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 
 
 def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
+    from medpipe.data.brain_tumour import BRATS_COLORS, BRATS_LABELS
     from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_COLORS, MR_LABELS
     from medpipe.data.synapse import SYNAPSE_COLORS
 
     known = ({n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
              | SYNAPSE_COLORS)
+    known |= {n: BRATS_COLORS[k] for k, n in BRATS_LABELS.items()}
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -221,7 +226,9 @@ def train(
     val_cases = [load_preprocessed(files[n]) for n in val_names]
 
     model, arch = _build_model(cfg, plan, in_channels, num_classes, two_d)
-    precision = resolve_precision(cfg.precision)
+    # a model may pin its training precision (U-Mamba: fp32, its authors found AMP gives NaNs)
+    pinned = getattr(model, "training_precision", None)
+    precision = resolve_precision(pinned if cfg.precision == "auto" and pinned else cfg.precision)
     model = precision.prepare_model(model)
     optimizer = _optimizer(cfg, model)
     # a 2D network trains on (P, P, 1) patches of the oriented volumes: one slice each

@@ -28,7 +28,8 @@ def _small(name: str) -> bool:
 def _input_for(model: torch.nn.Module) -> torch.Tensor:
     """The smallest input the model's pools allow (2 voxels per axis at the bottleneck)."""
     div = getattr(model, "input_shape_must_be_divisible_by", [16] * 3)
-    return torch.randn(1, model.in_channels, *[2 * d for d in div])
+    size = getattr(model, "input_size", None) or [2 * d for d in div]  # models built for one patch size
+    return torch.randn(1, model.in_channels, *size)
 
 
 def test_names_and_spellings():

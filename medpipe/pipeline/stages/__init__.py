@@ -25,6 +25,7 @@ _STAGE_MODULES: list[str] = [
     "recon",
     "recon_report",
     "write_image",
+    "load_channels",
 ]
 
 for _m in _STAGE_MODULES:
