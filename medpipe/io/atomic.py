@@ -77,12 +77,14 @@ def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None
 
 
 @contextlib.contextmanager
-def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere)."""
+def locked(path: Path, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
+    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere);
+    ``shared`` locks coexist with each other but not with an exclusive one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(f, mode | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return

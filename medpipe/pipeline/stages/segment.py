@@ -20,7 +20,7 @@ from pydantic import Field
 from medpipe.errors import BundleError
 from medpipe.models.bundle import resolve_bundle_path
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Segment", "SegmentProbabilities"]
 
@@ -46,6 +46,7 @@ class Segment(Stage):
     Params = _SegmentParams
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
     _with_probabilities = False
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:

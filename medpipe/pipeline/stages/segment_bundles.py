@@ -21,7 +21,7 @@ from medpipe.errors import BundleError, PipelineError
 from medpipe.models.bundle import resolve_bundle_path
 from medpipe.models.model_ref import resolve_model
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages.segment_image import InferenceParams, check_bundle_modality
 
 __all__ = ["SegmentBundles", "merge_label_maps"]
@@ -76,6 +76,7 @@ class SegmentBundles(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
 
     @classmethod
     def external_inputs(cls, params: StageParams) -> list[Any]:

@@ -15,7 +15,7 @@ from pydantic import Field
 from medpipe.errors import BundleError
 from medpipe.models.model_ref import resolve_model
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["SegmentImage", "InferenceParams", "check_bundle_modality"]
 
@@ -62,6 +62,7 @@ class SegmentImage(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference.bundle_segment import segment_image
