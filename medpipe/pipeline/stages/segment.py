@@ -18,7 +18,6 @@ import numpy as np
 from pydantic import Field
 
 from medpipe.errors import BundleError
-from medpipe.models.bundle import resolve_bundle_path
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
@@ -51,7 +50,7 @@ class Segment(Stage):
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference import predict
-        from medpipe.models.bundle import load_bundle
+        from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
         p = self.params
         image = inputs["image"]

@@ -13,7 +13,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from medpipe.errors import BundleError
-from medpipe.models.model_ref import resolve_model
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
@@ -56,6 +55,7 @@ class SegmentImage(Stage):
     def preflight(cls, params: StageParams, ctx: Any) -> None:
         """The bundle is complete and for the study's modality (before anything is loaded)."""
         from medpipe.models.bundle import load_bundle
+        from medpipe.models.model_ref import resolve_model
 
         bundle = load_bundle(resolve_model(params.bundle))
         check_bundle_modality(bundle, (ctx.learned("image") or {}).get("modality"), ctx.study)
@@ -67,6 +67,7 @@ class SegmentImage(Stage):
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference.bundle_segment import segment_image
         from medpipe.models.bundle import load_bundle
+        from medpipe.models.model_ref import resolve_model
 
         p = self.params
         image = inputs["image"]
