@@ -29,6 +29,7 @@ __all__ = [
     "read_run_record",
     "write_run_record",
     "locked",
+    "published_hashes",
 ]
 
 RUN_SCHEMA = 1
@@ -123,3 +124,24 @@ def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(record, indent=2, default=json_default_lenient) + "\n")
 
 
+
+
+def published_hashes(run_dir: str | Path) -> dict[str, str]:
+    """Content hash of every file a study's run published (``artifacts/``), plus each stage
+    record's cache key, files and output hashes (its timings and pid left out): equal for
+    two run folders exactly when they hold the same results, whichever engine made them."""
+    from medpipe.pipeline.cache import hash_file
+
+    root = Path(run_dir)
+    out: dict[str, str] = {}
+    for f in sorted((root / "artifacts").rglob("*")):
+        rel = f.relative_to(root)
+        if not f.is_file() or any(p.startswith(".") for p in rel.parts):
+            continue
+        if f.name == "_record.json":
+            rec = json.loads(f.read_text())
+            out[str(rel)] = json.dumps({k: rec.get(k) for k in ("key", "files", "hashes", "path", "hash")},
+                                       sort_keys=True)
+        else:
+            out[str(rel)] = hash_file(f)
+    return out

@@ -19,7 +19,7 @@ from workflow_helpers import (
 from medpipe.pipeline import load_pipeline, run_studies
 from medpipe.pipeline.discover import discover_studies
 
-DRIVER = Path(__file__).with_name("airflow_driver.py")
+DRIVER = AIRFLOW_DIR / "dag_test.py"
 
 DAG_FILE = """\
 import sys

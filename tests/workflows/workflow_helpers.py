@@ -8,7 +8,6 @@ kinds (``MEDPIPE_STAGE_MODULES=pipeline_test_stages``) importable.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -22,10 +21,13 @@ PIPELINE_TESTS = REPO / "tests" / "pipeline"
 SNAKEFILE = REPO / "workflows" / "snakemake" / "Snakefile"
 PROFILES = REPO / "workflows" / "snakemake" / "profiles"
 AIRFLOW_DIR = REPO / "workflows" / "airflow"
-if str(PIPELINE_TESTS) not in sys.path:
-    sys.path.insert(0, str(PIPELINE_TESTS))
+for _p in (PIPELINE_TESTS, REPO):  # the test stage kinds; benchmarks.engines
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from pipeline_test_stages import BLOCK_MARKER_ENV, make_volume, write_nifti  # noqa: E402
+
+from medpipe.pipeline.provenance import published_hashes as artifact_hashes  # noqa: E402
 
 __all__ = ["REPO", "SNAKEFILE", "PROFILES", "AIRFLOW_DIR", "BLOCK_MARKER_ENV", "ENGINE_PIPELINE", "engine_tool",
            "engine_env", "medpipe_command", "make_studies", "artifact_hashes", "run"]
@@ -78,24 +80,6 @@ def make_studies(folder: Path, broken: str | None = "case_1") -> Path:
     for i, name in enumerate(("case_0", "case_1", "case_2")):
         write_nifti(folder / f"{name}.nii.gz", make_volume(i, zero=name == broken))
     return folder
-
-
-def artifact_hashes(run_dir: Path) -> dict[str, str]:
-    """Content hash of every published file of a study's run folder (``artifacts/``), with
-    each stage record's cache key and output hashes; the records' timings are left out."""
-    import json
-
-    out: dict[str, str] = {}
-    for f in sorted((run_dir / "artifacts").rglob("*")):
-        if not f.is_file() or any(p.startswith(".") for p in f.relative_to(run_dir).parts):
-            continue
-        rel = str(f.relative_to(run_dir))
-        if f.name == "_record.json":
-            rec = json.loads(f.read_text())
-            out[rel] = json.dumps({k: rec.get(k) for k in ("key", "hashes", "files", "path", "hash")}, sort_keys=True)
-        else:
-            out[rel] = hashlib.blake2b(f.read_bytes(), digest_size=16).hexdigest()
-    return out
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,10 @@
-"""Run one DAG with ``dag.test()`` inside the Airflow venv and print what happened as JSON.
+"""Run one DAG once with ``dag.test()`` (no scheduler, no workers) and print what happened as JSON.
 
-Usage (by the tests, with AIRFLOW_HOME and AIRFLOW__CORE__DAGS_FOLDER set):
-    .venv-airflow/bin/python airflow_driver.py DAG_FILE DAG_ID [CONF_JSON]
+For trying a medpipe DAG on a workstation before deploying it, and for the tests and
+``benchmarks/engines.py``. With AIRFLOW_HOME set up (``airflow db migrate``) and
+AIRFLOW__CORE__DAGS_FOLDER the folder holding DAG_FILE:
+
+    .venv-airflow/bin/python workflows/airflow/dag_test.py DAG_FILE DAG_ID ['{"studies_dir": ...}']
 
 The last stdout line is ``RESULT {...}``: the run's state, every task instance's state by
 task id and map index, and the scheduling settings of each task (pool, slots, limits).
