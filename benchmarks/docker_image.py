@@ -152,7 +152,7 @@ def main() -> None:
     with Daemon():
         base_image()
         t1 = time.perf_counter()
-        docker("build", "--network", "none", "-f", "docker/Dockerfile.cpu", "--build-arg", f"BASE_IMAGE={BASE_TAG}",
+        docker("build", "--no-cache", "--network", "none", "-f", "docker/Dockerfile.cpu", "--build-arg", f"BASE_IMAGE={BASE_TAG}",
                "-t", IMAGE, ".", cwd=REPO)
         build_s = time.perf_counter() - t1
         size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())

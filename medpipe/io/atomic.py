@@ -40,6 +40,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the published file gets the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,6 +48,17 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 @contextlib.contextmanager
@@ -61,6 +73,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = tmp_prefix or f".{path.name}."
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published folder gets the usual mode
     try:
         yield tmp
         if path.exists():

@@ -98,3 +98,29 @@ def test_bad_resources_and_unschedulable_stages_are_one_sentence(tmp_path: Path)
                                             r"its port 'blob' carries a 'in_memory' artifact, which has no file form"):
         engine_plan(blob)
     assert job_name("seg-v2") == "seg_v2" and job_name("2nd") == "s_2nd"
+
+
+def test_published_hashes_ignore_dicom_instance_identity_but_not_content(tmp_path: Path) -> None:
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file("CT_small.dcm"))
+    runs = []
+    for name, change in (("a", None), ("b", "uid"), ("c", "pixel")):
+        f = tmp_path / name / "artifacts" / "write" / "files.files" / "seg.dcm"
+        f.parent.mkdir(parents=True)
+        shutil.copy(src, f)
+        if change:
+            ds = pydicom.dcmread(f)
+            if change == "uid":  # written again: new UIDs, new time
+                ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4", "1.2.3.4"
+                ds.InstanceCreationTime = "235959"
+            else:
+                arr = ds.pixel_array.copy()
+                arr[0, 0] += 1
+                ds.PixelData = arr.tobytes()
+            ds.save_as(f)
+        runs.append(published_hashes(tmp_path / name))
+    assert runs[0] == runs[1] and runs[0] != runs[2]
