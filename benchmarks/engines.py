@@ -134,9 +134,9 @@ def compare(outs: dict[str, Path], studies: list[str]) -> dict[str, tuple[int, l
     return found
 
 
-def run_all(work: Path, n_studies: int = 3) -> dict:
+def run_all(work: Path, n_studies: int = 3, shape: tuple[int, int, int] = (40, 36, 24)) -> dict:
     """All three engines on the same studies (shared autotune cache, same threads)."""
-    studies = make_ct_studies(work / "studies", n_studies)
+    studies = make_ct_studies(work / "studies", n_studies, shape=shape)
     env = engine_env(MEDPIPE_CACHE=str(work / "cache"), OMP_NUM_THREADS="2")
     outs = {"medpipe run": work / "out_medpipe", "Snakemake": work / "out_snakemake", "Airflow": work / "out_airflow"}
     walls = {"medpipe run": run_medpipe("ct_organs", studies, outs["medpipe run"], env)}
