@@ -114,3 +114,17 @@ def test_unschedulable_pipeline_is_a_broken_dag_and_an_empty_folder_fails_listin
     assert result["state"] == "failed" and result["states"]["list_studies"] == {"-1": "failed"}
     assert f"medpipe plan found no studies: input folder {empty} holds no DICOM files" in log
     assert not (tmp_path / "o2").exists()
+
+
+def test_without_airflow_the_factory_names_the_pip_install() -> None:
+    import importlib
+    import sys
+
+    if importlib.util.find_spec("airflow") is not None:
+        pytest.skip("Airflow is installed in this environment")
+    sys.path.insert(0, str(AIRFLOW_DIR))
+    try:
+        with pytest.raises(ImportError, match=r"need Airflow 3: pip install 'apache-airflow>=3,<4'"):
+            importlib.import_module("medpipe_airflow")
+    finally:
+        sys.path.remove(str(AIRFLOW_DIR))
