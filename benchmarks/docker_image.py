@@ -126,7 +126,7 @@ def run_container(study: Path, out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     os.chown(out, 1000, 1000)  # the image's non-root user writes here
     t0 = time.perf_counter()
-    inside = f"/in/{study.name}"  # the study keeps its name (it names the run folder)
+    inside = str(study)  # the same path as on the host: run folders record the study's path and name
     docker("run", "--rm", "--network", "none", "--shm-size", "1g", "-v", f"{study}:{inside}:ro", "-v", f"{out}:/out",
            IMAGE, "run", "ct_organs", inside, "-o", "/out", *(f"--set={s}" for s in PINNED))
     return time.perf_counter() - t0
