@@ -10,7 +10,8 @@ DEMO_DIR ?= demo_out
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
 	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
 	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle \
-	train-brain-tumour-bundle
+	train-brain-tumour-bundle \
+	engines bench-engines docker-deps docker-check
 
 setup: $(STAMP) system-deps
 
@@ -40,11 +41,12 @@ system-deps:
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
 
-test: setup
+test: setup engines
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check medpipe tests benchmarks
+	$(BIN)/hadolint --failure-threshold error docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 bench: setup
 	$(BIN)/python benchmarks/ingest.py
@@ -151,3 +153,33 @@ recon-data: setup
 train-recon-bundle: recon-data
 	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
 	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite
+
+# Workflow engines, each in its own venv (their pins clash with the project's; they call medpipe's
+# CLI, so they need no torch). The packages are the pyproject extras `snakemake` and `airflow`.
+EXTRA = $$($(PY) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['$(1)']))")
+engines: .venv-snakemake/.installed .venv-airflow/.installed
+.venv-snakemake/.installed: pyproject.toml
+	test -x .venv-snakemake/bin/python || $(PY) -m venv .venv-snakemake
+	eval .venv-snakemake/bin/python -m pip install -q $(call EXTRA,snakemake)
+	touch $@
+.venv-airflow/.installed: pyproject.toml
+	test -x .venv-airflow/bin/python || $(PY) -m venv .venv-airflow
+	eval .venv-airflow/bin/python -m pip install -q $(call EXTRA,airflow)
+	touch $@
+
+# ct_organs under medpipe run, Snakemake and Airflow: identical artifacts, time per study (RESULTS.md).
+bench-engines: setup engines
+	$(BIN)/python benchmarks/engines.py
+
+# Debian's Docker daemon and debootstrap: only docker-check needs them.
+docker-deps:
+	@command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap) >/dev/null; \
+	  else echo "docker-check needs root and Debian's docker.io and debootstrap"; exit 1; fi; }
+
+# Build the CPU image with its own dockerd (debootstrap base, host-downloaded wheels), run ct_organs
+# in it on the example study and compare with the host (minutes: run when docker/ or the
+# dependencies change; figures in RESULTS.md).
+docker-check: setup docker-deps
+	$(BIN)/python benchmarks/docker_image.py

@@ -116,7 +116,7 @@ def _score(pair, field, seconds):
 
 def _bundle_evaluation(bundle: str, rows, real, synth, body_note: str) -> None:
     """The shipped bundle's held-out evaluation (Colin27 pairs, never trained on) next to its weights."""
-    from medpipe.pipeline.stages.segment import resolve_bundle_path
+    from medpipe.models.bundle import resolve_bundle_path
 
     path = resolve_bundle_path(bundle)
     if not path.is_dir():

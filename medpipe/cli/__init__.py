@@ -26,6 +26,7 @@ _COMMAND_MODULES = [
     "medpipe.cli.segment",
     "medpipe.cli.doctor",
     "medpipe.cli.registration",
+    "medpipe.cli.stage",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -26,7 +26,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from medpipe.data.phantoms import _axes, _Blob, _check_shape, _jitter, _scale, _smooth, mr_brain_phantom
+from medpipe.data.phantoms import (
+    _axes,
+    _Blob,
+    _check_shape,
+    _coords,
+    _jitter,
+    _scale,
+    _smooth,
+    mr_brain_phantom,
+)
 from medpipe.image import Image, ImageMeta
 
 __all__ = ["BRATS_LABELS", "BRATS_COLORS", "BRATS_CHANNELS", "brain_tumour_phantom", "brats_regions"]
@@ -73,7 +82,7 @@ def _tumour(shape: tuple[int, int, int], tissue: np.ndarray, rng: np.random.Gene
 
     def region(radius: float, amp: float) -> tuple[tuple[slice, ...], np.ndarray]:
         blob = _Blob(center, tuple(radius * r for r in radii), angle=angle, amp=amp).draw(rng)
-        return blob.field(shape)
+        return blob.field(_coords(shape))  # the head spans [-1, 1] over the grid
 
     sl, r2 = region(r_ed, 0.25)
     # oedema follows white matter tracts: grey matter only near the lesion
@@ -109,7 +118,7 @@ def brain_tumour_phantom(
     # tissue index into _SIGNAL columns: 0 bg, 1 WM, 2 GM, 3 CSF; lesion labels 1..3 -> columns 4..6
     column = tissue.astype(np.int64)
     column[lesion > 0] = 3 + lesion[lesion > 0]
-    u, v, w = _axes(shape)
+    u, v, w = _axes(_coords(shape))
     channels = []
     for c in range(4):
         signal = _SIGNAL[c][column]

@@ -40,6 +40,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the published file gets the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,6 +48,17 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 @contextlib.contextmanager
@@ -61,6 +73,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = tmp_prefix or f".{path.name}."
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published folder gets the usual mode
     try:
         yield tmp
         if path.exists():
@@ -77,12 +90,14 @@ def atomic_dir(path: str | Path, overwrite: bool = False, tmp_prefix: str | None
 
 
 @contextlib.contextmanager
-def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere)."""
+def locked(path: Path, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
+    """An advisory ``flock`` on ``path`` (yields False if non-blocking and held elsewhere);
+    ``shared`` locks coexist with each other but not with an exclusive one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(f, mode | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return

@@ -4,6 +4,12 @@ Every artifact has a file form (NIfTI + JSON sidecar for images, JSON for tables
 manifest for produced files) so any stage can run in its own process: that is what lets
 Snakemake and Airflow schedule stages on other machines. A stage declares its inputs
 and outputs with these types; the graph checks that connected ports agree.
+
+The file form is exact: ``load(save(x))`` is what every consumer sees, whether it runs
+in the same process (``medpipe run`` keeps ``canonical(x)``, the same value without
+re-reading the files) or in another one (``medpipe stage``). That is what makes a run
+directory byte-identical under every engine. NIfTI keeps the affine as float32, so
+the image sidecar carries the exact float64 affine too.
 """
 
 from __future__ import annotations
@@ -73,6 +79,18 @@ class Artifact:
         raise NotImplementedError
 
     @classmethod
+    def canonical(cls, value: Any) -> Any | None:
+        """What ``load(save(value))`` returns, computed without the files, or None when the
+        only exact way is to read them back (the runner then does)."""
+        return None
+
+    @classmethod
+    def has_file_form(cls) -> bool:
+        """True when the type can be saved and loaded (engines need it: every stage of theirs
+        runs in its own process)."""
+        return cls.save.__func__ is not Artifact.save.__func__ and cls.load.__func__ is not Artifact.load.__func__
+
+    @classmethod
     def accepts(cls, other: type[Artifact]) -> bool:
         """May an output of type ``other`` feed an input of this type?"""
         return issubclass(other, cls)
@@ -93,7 +111,8 @@ class ImageArtifact(Artifact):
         meta = stem.with_name(stem.name + ".meta.json")
         value.to_nibabel().to_filename(str(nii))
         dump_json(
-            {"meta": value.meta.to_dict(), "is_label": value.is_label, "dtype": str(value.array.dtype)},
+            {"meta": value.meta.to_dict(), "is_label": value.is_label, "dtype": str(value.array.dtype),
+             "affine": np.asarray(value.affine, dtype=np.float64).tolist()},
             meta,
         )
         return [nii, meta]
@@ -108,7 +127,16 @@ class ImageArtifact(Artifact):
         out = Image.from_nibabel(img, ImageMeta.from_dict(side["meta"]), bool(side["is_label"]))
         if str(out.array.dtype) != side["dtype"]:
             out = out.with_array(out.array.astype(side["dtype"]))
+        exact = np.asarray(side.get("affine", out.affine), dtype=np.float64)
+        # the sidecar's exact affine, unless the NIfTI was changed since (then the file wins)
+        if exact.shape == (4, 4) and np.allclose(exact, out.affine, rtol=1e-6, atol=1e-4):
+            out.affine = exact
         return out
+
+    @classmethod
+    def canonical(cls, value: Image) -> Image:
+        meta = ImageMeta.from_dict(json.loads(json.dumps(value.meta.to_dict(), default=_json_default)))
+        return Image(value.array, np.array(value.affine, dtype=np.float64), meta, value.is_label)
 
 
 class LabelArtifact(ImageArtifact):
@@ -140,6 +168,10 @@ class TableArtifact(Artifact):
     @classmethod
     def load(cls, stem: Path) -> dict:
         return json.loads(stem.with_name(stem.name + ".json").read_text())
+
+    @classmethod
+    def canonical(cls, value: dict) -> dict:
+        return json.loads(json.dumps(value, default=_json_default))
 
 
 class FilesArtifact(Artifact):

@@ -1,4 +1,10 @@
-"""The DAG of a validated pipeline: execution order, sub-graphs, a readable description.
+"""The DAG of a validated pipeline: dependencies, execution order, sub-graphs, a description.
+
+This module is the one home of "who reads from whom": the spec (validated data) asks it
+for the order when it checks a file for cycles, the runner and the workflow engines
+(``pipeline.plan``) ask it what to run and in which order. It needs nothing of the spec
+but its ``stages`` mapping (``inputs`` of each stage), so it imports no other pipeline
+module at run time.
 
 ``graphlib.TopologicalSorter`` does the ordering and cycle detection; we add what it
 does not: a deterministic order (ties broken by the order stages appear in the file),
@@ -10,15 +16,33 @@ from __future__ import annotations
 
 import graphlib
 import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from medpipe.errors import PipelineError
 
 if TYPE_CHECKING:
     from medpipe.pipeline.spec import PipelineSpec
 
-__all__ = ["PipelineGraph", "topological_order"]
+__all__ = ["INPUT_STAGE", "PipelineGraph", "split_ref", "stage_dependencies", "topological_order"]
+
+# The pseudo-stage whose outputs the runner provides (``input.study``).
+INPUT_STAGE = "input"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"seg.labels"`` -> ("seg", "labels"); ``"seg"`` -> ("seg", "")."""
+    stage, _, out = ref.partition(".")
+    return stage, out
+
+
+def stage_dependencies(stages: Mapping[str, Any]) -> dict[str, set[str]]:
+    """stage -> the stages it reads from (the ``input`` pseudo-stage left out), for a
+    mapping of stage name -> anything with an ``inputs`` mapping of port -> ``stage.output``."""
+    return {
+        name: {split_ref(ref)[0] for ref in st.inputs.values()} - {INPUT_STAGE}
+        for name, st in stages.items()
+    }
 
 
 def topological_order(deps: dict[str, set[str]]) -> list[str]:
@@ -44,10 +68,8 @@ class PipelineGraph:
     """The stages of ``spec`` (or the part of it ``subgraph`` kept) in execution order."""
 
     def __init__(self, spec: PipelineSpec, stages: Iterable[str] | None = None) -> None:
-        from medpipe.pipeline.spec import stage_dependencies
-
         self.spec = spec
-        all_deps = stage_dependencies(spec)
+        all_deps = stage_dependencies(spec.stages)
         keep = set(all_deps if stages is None else stages)
         self.deps: dict[str, set[str]] = {n: all_deps[n] & keep for n in all_deps if n in keep}
         self.order: list[str] = topological_order(self.deps)

@@ -29,6 +29,7 @@ __all__ = [
     "read_run_record",
     "write_run_record",
     "locked",
+    "published_hashes",
 ]
 
 RUN_SCHEMA = 1
@@ -123,3 +124,61 @@ def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(record, indent=2, default=json_default_lenient) + "\n")
 
 
+
+
+# What makes a DICOM object a new instance each time it is written (DICOM requires fresh UIDs
+# for a new object, and its creation time): left out when comparing two runs' results.
+_DICOM_INSTANCE_KEYWORDS = frozenset({
+    "SOPInstanceUID", "MediaStorageSOPInstanceUID", "SeriesInstanceUID", "DimensionOrganizationUID", "TrackingUID",
+    "InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime",
+    "ContributionDateTime",
+})
+
+
+def _dicom_content_hash(path: Path) -> str:
+    """Hash of a DICOM file without its instance identity (UIDs minted and times stamped at writing)."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+
+    def blank(d: Any) -> None:
+        for el in d:
+            if el.keyword in _DICOM_INSTANCE_KEYWORDS:
+                el.value = ""
+            elif el.VR == "SQ":
+                for item in el.value:
+                    blank(item)
+
+    blank(ds)
+    blank(ds.file_meta)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    import hashlib
+
+    return "dicom:" + hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest()
+
+
+def published_hashes(run_dir: str | Path) -> dict[str, str]:
+    """Content hash of every file a study's run published (``artifacts/``), plus each stage
+    record's cache key and file list (its timings and pid left out): equal for two run
+    folders exactly when they hold the same results, whichever engine made them. A DICOM
+    file (``.dcm``: the SEG) is hashed without the UIDs and times that make each writing a
+    new DICOM instance; every other file byte for byte."""
+    from medpipe.pipeline.cache import hash_file
+
+    root = Path(run_dir)
+    out: dict[str, str] = {}
+    for f in sorted((root / "artifacts").rglob("*")):
+        rel = f.relative_to(root)
+        if not f.is_file() or any(p.startswith(".") for p in rel.parts):
+            continue
+        if f.name == "_record.json":
+            rec = json.loads(f.read_text())
+            out[str(rel)] = json.dumps({k: rec.get(k) for k in ("key", "files", "path", "hash")}, sort_keys=True)
+        elif f.suffix.lower() == ".dcm":
+            out[str(rel)] = _dicom_content_hash(f)
+        else:
+            out[str(rel)] = hash_file(f)
+    return out

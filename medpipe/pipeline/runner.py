@@ -32,9 +32,9 @@ from typing import Any
 
 from medpipe.errors import InputError, MedpipeError, PipelineError
 from medpipe.io.atomic import atomic_dir
-from medpipe.pipeline.artifacts import FilesArtifact, StudyInputArtifact, json_default_lenient
+from medpipe.pipeline.artifacts import StudyInputArtifact, json_default_lenient
 from medpipe.pipeline.cache import hash_external, hash_files, hash_study, stage_key
-from medpipe.pipeline.graph import PipelineGraph
+from medpipe.pipeline.graph import INPUT_STAGE, PipelineGraph, split_ref
 from medpipe.pipeline.preflight import run_preflight
 from medpipe.pipeline.provenance import (
     RUN_SCHEMA,
@@ -47,7 +47,7 @@ from medpipe.pipeline.provenance import (
     software_versions,
     write_run_record,
 )
-from medpipe.pipeline.spec import INPUT_STAGE, PipelineSpec, load_pipeline, split_ref
+from medpipe.pipeline.spec import PipelineSpec, load_pipeline
 from medpipe.pipeline.stage import StageContext
 
 __all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink"]
@@ -289,8 +289,11 @@ class _StudyRun:
                 written = typ.save(result[out], tmp / out)
                 files[out] = sorted({str(Path(w).relative_to(tmp).parts[0]) for w in written})
                 hashes[out] = hash_files([tmp / f for f in files[out]], tmp)
-                if not issubclass(typ, FilesArtifact):  # files artifacts point into work/: reload from disk
-                    kept[f"{stage}.{out}"] = result[out]
+                # consumers get exactly what a separate process would load (pipeline.artifacts);
+                # types without a cheap canonical form (files point into work/) are re-read
+                same = typ.canonical(result[out])
+                if same is not None:
+                    kept[f"{stage}.{out}"] = same
             shutil.rmtree(workdir, ignore_errors=True)
             entry.update(
                 key=key, kind=st.kind, params=self.spec.resolved_params(stage), files=files, hashes=hashes,
@@ -410,10 +413,7 @@ def run_pipeline(
         raise InputError(f"study {study_path} does not exist")
     study = study_name or study_name_of(study_path)
     run_dir = Path(out_dir) / study
-    graph = PipelineGraph(spec)
-    want = list(targets or spec.outputs)
-    if want:
-        graph = graph.subgraph(want)
+    graph = _target_graph(spec, targets)
     run_dir.mkdir(parents=True, exist_ok=True)
     with locked(run_dir / ".lock", blocking=False) as ok:
         if not ok:
@@ -487,6 +487,13 @@ def _run_locked(
     return result
 
 
+def _target_graph(spec: PipelineSpec, targets: Sequence[str] | None) -> PipelineGraph:
+    """What a run computes: the stages the targets (default: the pipeline's outputs) need."""
+    graph = PipelineGraph(spec)
+    want = list(targets or spec.outputs)
+    return graph.subgraph(want) if want else graph
+
+
 def run_stage(
     spec: PipelineSpec | str | Path,
     stage: str,
@@ -496,46 +503,113 @@ def run_stage(
     device: str = "cpu",
     overrides: Sequence[str] | None = None,
     force: bool = False,
+    targets: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run ONE stage of a study from the artifacts already in ``run_dir`` (the per-stage
-    entry for Snakemake/Airflow). Upstream stages must have completed. Returns the stage's
-    run.json entry; raises PipelineError if the stage fails.
+    """Run ONE stage of a study from the artifacts already in ``run_dir`` (``OUT/<study>``):
+    the unit Snakemake and Airflow schedule. Upstream stages must have completed; a root
+    stage runs the study's pre-run checks first. Publishes atomically, updates run.json
+    and is a cache hit when nothing changed, exactly as in :func:`run_pipeline`, so the
+    run directory ends the same. Returns the stage's run.json entry; raises
+    ``PipelineError`` naming study and stage when the stage fails or is refused.
+
+    Stages of one study may run concurrently (a shared lock); a whole-pipeline run of the
+    same folder holds an exclusive one.
     """
     spec = _as_spec(spec, overrides)
     run_dir = Path(run_dir)
     if stage not in spec.stages:
         raise PipelineError(f"{spec.source}: no stage {stage!r} (stages: {', '.join(spec.stages)})")
-    study = run_dir.name
-    run = _StudyRun(spec, run_dir, study, device=device, force=force)
-    with locked(run_dir / ".lock", blocking=False) as ok:
+    if study_path is not None and not Path(study_path).exists():
+        raise InputError(f"study {study_path} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir / ".lock", blocking=False, shared=True) as ok:
         if not ok:
             raise PipelineError(f"{run_dir} is in use by a medpipe run of the whole pipeline")
-    if study_path is not None:
-        run.set_input(Path(study_path))
-    else:
-        study_path = run.load_input()
-    graph = PipelineGraph(spec)
-    for up in sorted(graph.deps[stage]):
+        return _run_stage_locked(spec, stage, run_dir, study_path, device, force, _target_graph(spec, targets))
+
+
+def _stage_input(run: _StudyRun, stage: str, study_path: str | Path | None) -> Path:
+    """The study of this run folder: hashed by stages that read it, taken from the record by the others."""
+    reads_study = f"{INPUT_STAGE}.study" in run.spec.stages[stage].inputs.values()
+    recorded = _read_json(run.stage_dir(INPUT_STAGE) / RECORD)
+    if study_path is None:
+        return run.load_input()
+    path = Path(study_path)
+    if reads_study or not recorded:
+        run.set_input(path)
+        return path
+    if recorded.get("path") != str(path.resolve()):
+        raise PipelineError(f"{run.run_dir} holds the run of study {recorded.get('path')}, not {path}; "
+                            "give each study its own run folder")
+    return run.load_input()
+
+
+def _run_stage_locked(
+    spec: PipelineSpec, stage: str, run_dir: Path, study_path: str | Path | None, device: str, force: bool,
+    graph: PipelineGraph,
+) -> dict[str, Any]:
+    study = run_dir.name
+    run = _StudyRun(spec, run_dir, study, device=device, force=force)
+    run.clean_stale_temps()
+    path = _stage_input(run, stage, study_path)
+    full = PipelineGraph(spec)
+    for up in sorted(full.deps[stage]):
         hashes = run.completed(up, None)
         if hashes is None:
             raise PipelineError(
-                f"stage {stage!r} needs the outputs of stage {up!r}, which has not completed in {run_dir}"
+                f"stage {stage!r} of study {study!r} needs the outputs of stage {up!r}, which has not completed "
+                f"in {run_dir}"
             )
         for out, h in hashes.items():
             run.hashes[f"{up}.{out}"] = h
-    entry = run.run_one(stage)
+    refusal = None
+    if not full.deps[stage] and (force or run.completed(stage, run.key_of(stage)) is None):
+        refusal = run_preflight(spec, list(graph.order), study, path)
+    if refusal is not None:
+        entry: dict[str, Any] = {"kind": spec.stages[stage].kind, "status": "skipped"}
+        error = {"stage": refusal[0], "message": refusal[1], "preflight": True}
+    else:
+        entry = run.run_one(stage)
+        error = {"stage": stage, "message": entry["error"]} if entry["status"] == "failed" else None
     with locked(run_dir / ".record.lock"):
-        record = read_run_record(run_dir) or _base_record(spec, graph, study, Path(study_path), device)
-        record["study"]["hash"] = run.hashes[f"{INPUT_STAGE}.study"]
-        record.setdefault("stages", {})[stage] = entry
-        if entry["status"] == "failed":
-            record["status"] = "failed"
-            record["error"] = {"stage": stage, "message": entry["error"]}
-        elif all(record["stages"].get(n, {}).get("status") in ("done", "cached") for n in graph.order):
-            record["status"] = "done"
-            record["error"] = None
-            record["outputs"] = run.output_files(spec.result_refs())
-        write_run_record(run_dir, record)
+        _record_stage(run, graph, stage, entry, error, path, device)
+    if refusal is not None:
+        raise PipelineError(f"study {study!r} was refused before running (check of stage {refusal[0]!r}): "
+                            f"{refusal[1]}")
     if entry["status"] == "failed":
         raise PipelineError(f"stage {stage!r} failed on study {study!r}: {entry['error']}")
     return entry
+
+
+def _record_stage(
+    run: _StudyRun, graph: PipelineGraph, stage: str, entry: dict[str, Any], error: dict[str, Any] | None,
+    study_path: Path, device: str,
+) -> None:
+    """Merge one stage's outcome into run.json (under the record lock): the same record a
+    whole-pipeline run writes, assembled one stage at a time."""
+    spec, run_dir = run.spec, run.run_dir
+    base = _base_record(spec, graph, run.study, study_path, device)
+    record = read_run_record(run_dir)
+    if record is None or record.get("params") != base["params"] or record.get("pipeline") != base["pipeline"]:
+        record = base  # a first stage, or the pipeline changed: the old entries describe another run
+    record["study"]["hash"] = run.hashes[f"{INPUT_STAGE}.study"]
+    record["host"], record["versions"] = base["host"], base["versions"]
+    stages = record.setdefault("stages", {})
+    stages[stage] = entry
+    if error is not None and error.get("preflight"):
+        for name in graph.order:
+            stages[name] = {"kind": spec.stages[name].kind, "status": "skipped"}
+    peaks = [e.get("peak_rss_mb") or 0.0 for e in stages.values()]
+    record["peak_rss_mb"] = max(peaks) if peaks else None
+    failed = [n for n in graph.order if stages.get(n, {}).get("status") == "failed"]
+    if error is not None:
+        record.update(status="failed", error=error, finished=now_iso())
+    elif failed:
+        record.update(status="failed", error={"stage": failed[0], "message": stages[failed[0]].get("error")})
+    elif all(stages.get(n, {}).get("status") in ("done", "cached") for n in graph.order):
+        record.update(status="done", error=None, finished=now_iso(),
+                      outputs=run.output_files([r for r in spec.result_refs() if split_ref(r)[0] in graph]))
+        record["duration_s"] = round(sum(float(stages[n].get("duration_s") or 0.0) for n in graph.order), 3)
+    else:
+        record.update(status="running", error=None)
+    write_run_record(run_dir, record)

@@ -6,7 +6,8 @@ A pipeline file declares a DAG of stages::
     description: Segment abdominal organs on a CT study
     stages:
       load:    {kind: load_study, inputs: {study: input.study}}
-      seg:     {kind: segment, params: {model: stunet-s}, inputs: {image: load.image}}
+      seg:     {kind: segment, params: {model: stunet-s}, inputs: {image: load.image},
+                resources: {threads: 4, mem_mb: 8000}}     # optional: what a scheduler grants
     outputs: [seg.labels]
 
 Why our own validation rather than pydantic errors as they come: a person reading an
@@ -29,12 +30,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+import medpipe.pipeline.stages  # noqa: F401  (registers the built-in stage kinds)
 from medpipe.errors import PipelineError
 from medpipe.pipeline.artifacts import Artifact, StudyInputArtifact
-from medpipe.pipeline.stage import Stage, get_stage, list_stages
+from medpipe.pipeline.graph import INPUT_STAGE, split_ref, stage_dependencies, topological_order
+from medpipe.pipeline.stage import Stage, StageResources, get_stage, list_stages
 
 __all__ = [
-    "INPUT_STAGE",
     "INPUT_OUTPUTS",
     "StageSpec",
     "PipelineSpec",
@@ -45,8 +47,7 @@ __all__ = [
     "pipeline_dirs",
 ]
 
-# The pseudo-stage whose outputs the runner provides.
-INPUT_STAGE = "input"
+# What the ``input`` pseudo-stage provides.
 INPUT_OUTPUTS: dict[str, type[Artifact]] = {"study": StudyInputArtifact}
 
 _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -60,6 +61,8 @@ class StageSpec(BaseModel):
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str] = Field(default_factory=dict)
+    # Overrides of the kind's declared StageResources (threads, mem_mb, gpu) for engines.
+    resources: dict[str, Any] = Field(default_factory=dict)
 
 
 class PipelineSpec(BaseModel):
@@ -101,6 +104,11 @@ class PipelineSpec(BaseModel):
     def build_stage(self, name: str) -> Stage:
         """An instance of stage ``name`` with its validated parameters."""
         return self.stage_class(name)(self.stages[name].params)
+
+    def stage_resources(self, name: str) -> StageResources:
+        """The kind's declared resources with this file's ``resources:`` overrides applied."""
+        declared = self.stage_class(name).resources
+        return StageResources(**{**declared.model_dump(), **self.stages[name].resources})
 
     def resolved_params(self, name: str) -> dict[str, Any]:
         """Parameters of ``name`` with defaults filled in, as JSON values."""
@@ -162,11 +170,6 @@ class PipelineSpec(BaseModel):
         spec._file_hash = payload["file_hash"]
         spec._overrides = list(payload["overrides"])
         return spec
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    stage, _, out = ref.partition(".")
-    return stage, out
 
 
 # -- finding pipeline files ---------------------------------------------------------------
@@ -330,7 +333,7 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineSpec:
             try:
                 StageSpec(**st)
             except ValidationError as exc:
-                _, reason = _pydantic_reason(exc, ("kind", "params", "inputs"))
+                _, reason = _pydantic_reason(exc, ("kind", "params", "inputs", "resources"))
                 raise PipelineError(f"{where}: {reason}") from None
     try:
         spec = PipelineSpec(**raw)
@@ -363,6 +366,11 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineSpec:
                 raise PipelineError(f"{where}: missing required param {loc!r} for kind {st.kind!r}") from None
             got = err.get("input")
             raise PipelineError(f"{where}: param {loc!r}: {err['msg']} (got {got!r})") from None
+        try:
+            StageResources(**{**cls.resources.model_dump(), **st.resources})
+        except ValidationError as exc:
+            _, reason = _pydantic_reason(exc, tuple(StageResources.model_fields))
+            raise PipelineError(f"{where}: resources: {reason}") from None
     for name in spec.stages:  # ports last: every kind is known by now
         _check_inputs(spec, name, spec.stage_class(name), f"{source}: stage {name!r}")
 
@@ -374,10 +382,8 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineSpec:
         if out and out not in outs:
             raise PipelineError(f"{source}: outputs: stage {stage!r} has no output {out!r} (outputs: {', '.join(outs)})")
 
-    from medpipe.pipeline.graph import topological_order
-
     try:
-        topological_order(stage_dependencies(spec))
+        topological_order(stage_dependencies(spec.stages))
     except PipelineError as exc:
         raise PipelineError(f"{source}: {exc}") from None
     return spec
@@ -421,11 +427,3 @@ def _check_inputs(spec: PipelineSpec, name: str, cls: type[Stage], where: str) -
             raise PipelineError(
                 f"{where}: input {port!r} expects {want.name} but {ref!r} is {got.name}"
             )
-
-
-def stage_dependencies(spec: PipelineSpec) -> dict[str, set[str]]:
-    """stage -> the stages it reads from (the ``input`` pseudo-stage left out)."""
-    return {
-        name: {ref.partition(".")[0] for ref in st.inputs.values()} - {INPUT_STAGE}
-        for name, st in spec.stages.items()
-    }

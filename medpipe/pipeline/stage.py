@@ -22,12 +22,14 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from medpipe.errors import PipelineError
 from medpipe.pipeline.artifacts import Artifact
@@ -36,6 +38,8 @@ __all__ = [
     "Stage",
     "StageParams",
     "StageContext",
+    "StageResources",
+    "STAGE_MODULES_ENV",
     "register_stage",
     "get_stage",
     "list_stages",
@@ -48,6 +52,23 @@ class StageParams(BaseModel):
     """Base for stage parameter models: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageResources(BaseModel):
+    """What one run of a stage asks a scheduler for (Snakemake ``threads``/``resources``,
+    SLURM ``--cpus-per-task``/``--mem``/``--gpus``, Airflow pool slots).
+
+    A stage kind declares typical values; a pipeline file may override them per stage
+    (``resources: {threads: 4, mem_mb: 12000}``). They never change a result, so they are
+    not part of the cache key. ``gpu`` says the stage can use one (it is requested only
+    when the run's device is ``cuda``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threads: int = Field(1, ge=1, le=256)
+    mem_mb: int = Field(1000, ge=16)
+    gpu: bool = False
 
 
 @dataclass
@@ -83,6 +104,7 @@ class Stage:
     inputs: ClassVar[dict[str, type[Artifact]]] = {}
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
     outputs: ClassVar[dict[str, type[Artifact]]] = {}
+    resources: ClassVar[StageResources] = StageResources()
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None) -> None:
         if params is None or isinstance(params, dict):
@@ -128,12 +150,32 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def _ensure_builtin() -> None:
-    import medpipe.pipeline.stages  # noqa: F401  (registers the built-in kinds)
+# Modules outside medpipe that register stage kinds, imported on first lookup in every process
+# (``medpipe stage`` under Snakemake/Airflow runs in a fresh one): ``mylab.stages:other.mod``.
+STAGE_MODULES_ENV = "MEDPIPE_STAGE_MODULES"
+_loaded_env: set[str] = set()
+
+
+def _load_env_modules() -> None:
+    for name in os.environ.get(STAGE_MODULES_ENV, "").replace(",", os.pathsep).split(os.pathsep):
+        name = name.strip()
+        if not name or name in _loaded_env:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # one sentence, whatever the module raised
+            raise PipelineError(
+                f"{STAGE_MODULES_ENV}: cannot import stage module {name!r} ({type(exc).__name__}: {exc})"
+            ) from None
+        _loaded_env.add(name)
 
 
 def get_stage(kind: str) -> type[Stage]:
-    _ensure_builtin()
+    """The class registered for ``kind``. The built-in kinds are registered when
+    ``medpipe.pipeline`` is imported (``medpipe.pipeline.stages``); modules named in
+    ``$MEDPIPE_STAGE_MODULES`` are imported here, on the first lookup."""
+    if kind not in _REGISTRY:
+        _load_env_modules()
     try:
         return _REGISTRY[kind]
     except KeyError:
@@ -142,5 +184,5 @@ def get_stage(kind: str) -> type[Stage]:
 
 
 def list_stages(pattern: str = "*") -> list[str]:
-    _ensure_builtin()
+    _load_env_modules()
     return sorted(k for k in _REGISTRY if fnmatch.fnmatch(k, pattern))

@@ -48,7 +48,7 @@ def registration_settings(bundle: Bundle) -> RegistrationSettings:
 
 def load_registration_bundle(path: str | Path) -> tuple[Bundle, RegistrationSettings]:
     """A validated registration bundle (its atlas files exist when it names them)."""
-    from medpipe.pipeline.stages.segment import resolve_bundle_path
+    from medpipe.models.bundle import resolve_bundle_path
 
     bundle = load_bundle(resolve_bundle_path(str(path)))
     settings = registration_settings(bundle)

@@ -118,6 +118,8 @@ def _apply_axis(x: torch.Tensor, taps: AxisTaps, fill: float) -> torch.Tensor:
     return out
 
 
+# exact fp32/fp64 taps even when called inside the torch bf16 backend's autocast region (export)
+@torch.autocast("cpu", enabled=False)
 def resample_separable(
     array: np.ndarray,
     taps: tuple[AxisTaps, AxisTaps, AxisTaps],

@@ -48,3 +48,19 @@ def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path) -> None:
         (tmp / "y.txt").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["y.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_published_files_and_folders_get_the_umask_mode_not_the_temporaries(tmp_path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "f.txt").write_text("x")
+        with atomic_path(tmp_path / "file.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755  # mkdtemp alone gives 0700
+    assert stat.S_IMODE((tmp_path / "file.json").stat().st_mode) == 0o644  # mkstemp alone gives 0600

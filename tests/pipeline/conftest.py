@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pipeline_test_stages  # noqa: F401  (registers the t_* stage kinds; spawned workers re-import it)
 import pytest
+from pipeline_test_stages import make_volume, write_nifti
+
+__all__ = ["BASIC_PIPELINE", "make_volume", "write_nifti", "snapshot"]
 
 BASIC_PIPELINE = """\
 name: basic
@@ -28,19 +29,6 @@ stages:
     kind: t_load_nifti
     inputs: {study: input.study}
 """
-
-
-def make_volume(seed: int, shape=(32, 32, 32), zero: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    arr = rng.uniform(0, 40, size=shape).astype(np.float32)
-    arr[8:20, 10:22, 6:18] += 60.0
-    return np.zeros(shape, np.float32) if zero else arr
-
-
-def write_nifti(path: Path, arr: np.ndarray, spacing=(1.5, 1.0, 2.0)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.Nifti1Image(arr, np.diag([*spacing, 1.0])).to_filename(str(path))
-    return path
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import numpy as np
 from medpipe.errors import InputError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import (
+    Artifact,
     FilesArtifact,
     ImageArtifact,
     LabelArtifact,
@@ -24,6 +25,20 @@ from medpipe.pipeline.artifacts import (
 from medpipe.pipeline.stage import Stage, StageParams, register_stage
 
 CRASH_MARKER_ENV = "MEDPIPE_TEST_CRASH_MARKER"
+
+
+def make_volume(seed: int, shape=(32, 32, 32), zero: bool = False) -> np.ndarray:
+    """A small NIfTI-ready volume with a bright box (all zeros when ``zero``: t_threshold_segment refuses it)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.uniform(0, 40, size=shape).astype(np.float32)
+    arr[8:20, 10:22, 6:18] += 60.0
+    return np.zeros(shape, np.float32) if zero else arr
+
+
+def write_nifti(path: Path, arr: np.ndarray, spacing=(1.5, 1.0, 2.0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(arr, np.diag([*spacing, 1.0])).to_filename(str(path))
+    return path
 
 
 @register_stage
@@ -147,3 +162,45 @@ class Snapshot(Stage):
         p = ctx.workdir / "report.txt"
         p.write_text(f"voxels={inputs['table']['voxels']}\n")
         return {"files": {"report": p}}
+
+
+BLOCK_MARKER_ENV = "MEDPIPE_TEST_BLOCK_MARKER"
+
+
+@register_stage
+class BlockOnMarker(Stage):
+    kind = "t_block_on_marker"
+    description = "test: wait (at most 120 s) while the marker file named by an env var exists, then pass the image on"
+    inputs = {"image": ImageArtifact}
+    outputs = {"image": ImageArtifact}
+
+    def run(self, inputs, ctx):
+        import time
+
+        (ctx.workdir / "partial.bin").write_bytes(b"half-written")
+        marker = os.environ.get(BLOCK_MARKER_ENV)
+        deadline = time.monotonic() + 120
+        while marker and Path(marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return {"image": inputs["image"]}
+
+
+class InMemoryArtifact(Artifact):
+    """test: an artifact type without a file form (engines must refuse to schedule it)."""
+
+    name = "in_memory"
+
+    @classmethod
+    def check(cls, value, where):
+        return None
+
+
+@register_stage
+class MemoryOnly(Stage):
+    kind = "t_memory_only"
+    description = "test: outputs an artifact that has no file form"
+    inputs = {"image": ImageArtifact}
+    outputs = {"blob": InMemoryArtifact}
+
+    def run(self, inputs, ctx):
+        return {"blob": object()}

@@ -15,7 +15,7 @@ import numpy as np
 from medpipe.errors import GeometryError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Difference", "difference_map"]
 
@@ -80,6 +80,7 @@ class Difference(Stage):
 
     inputs = {"baseline": ImageArtifact, "followup": ImageArtifact}
     outputs = {"image": ImageArtifact, "files": FilesArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         diff = difference_map(inputs["baseline"], inputs["followup"])

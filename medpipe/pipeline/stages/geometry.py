@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from medpipe.errors import PipelineError
 from medpipe.pipeline.artifacts import ImageArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Reorient", "Resample", "CropForeground"]
 
@@ -27,6 +27,7 @@ class Reorient(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.pipeline.stages._bundle import bundle_preprocessing
@@ -54,6 +55,7 @@ class Resample(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=2, mem_mb=4000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.pipeline.stages._bundle import bundle_preprocessing
@@ -87,6 +89,7 @@ class CropForeground(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.transforms import crop_foreground

@@ -12,7 +12,7 @@ from typing import Any
 
 from medpipe.errors import InputError
 from medpipe.pipeline.artifacts import ImageArtifact, TableArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["LoadImage"]
 
@@ -29,6 +29,7 @@ class LoadImage(Stage):
 
     inputs: dict = {}
     outputs = {"image": ImageArtifact, "source": TableArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     @classmethod
     def external_inputs(cls, params: StageParams) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medpipe.pipeline.artifacts import ImageArtifact, StudyInputArtifact, TableArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["LoadStudy", "source_table"]
 
@@ -56,6 +56,7 @@ class LoadStudy(Stage):
 
     inputs = {"study": StudyInputArtifact}
     outputs = {"image": ImageArtifact, "source": TableArtifact}
+    resources = StageResources(threads=1, mem_mb=4000)
 
     @staticmethod
     def _selector(params: StageParams) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from medpipe.pipeline.artifacts import ImageArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Normalize"]
 
@@ -28,6 +28,7 @@ class Normalize(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.pipeline.stages._bundle import bundle_preprocessing

@@ -8,7 +8,7 @@ import numpy as np
 
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages._labels import label_names, present_labels
 
 __all__ = ["Postprocess", "postprocess_labels"]
@@ -115,6 +115,7 @@ class Postprocess(Stage):
 
     inputs = {"labels": LabelArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         out, report = postprocess_labels(

@@ -17,7 +17,7 @@ import numpy as np
 from medpipe.errors import GeometryError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels
 
 __all__ = ["Preview", "render_preview"]
@@ -134,6 +134,7 @@ class Preview(Stage):
     inputs = {"labels": LabelArtifact, "image": ImageArtifact}
     optional_inputs = frozenset({"image"})
     outputs = {"files": FilesArtifact}
+    resources = StageResources(threads=1, mem_mb=2000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         p = self.params

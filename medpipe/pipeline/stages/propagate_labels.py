@@ -13,7 +13,7 @@ from typing import Any
 
 from medpipe.errors import BundleError
 from medpipe.pipeline.artifacts import FieldArtifact, ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages.register import RegisterParams, registration_bundle_inputs
 
 __all__ = ["PropagateLabels"]
@@ -31,10 +31,11 @@ class PropagateLabels(Stage):
     Params = _Params
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact, "field": FieldArtifact, "atlas": ImageArtifact}
+    resources = StageResources(threads=4, mem_mb=6000, gpu=True)
 
     @classmethod
     def external_inputs(cls, params: StageParams) -> list[Path]:
-        from medpipe.pipeline.stages.segment import resolve_bundle_path
+        from medpipe.models.bundle import resolve_bundle_path
 
         extra = resolve_bundle_path(params.atlas_bundle)
         return [*registration_bundle_inputs(params), *([extra] if extra.exists() else [])]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from medpipe.pipeline.artifacts import FieldArtifact, ImageArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Register", "RegisterParams", "registration_bundle_inputs"]
 
@@ -28,7 +28,7 @@ class RegisterParams(StageParams):
 
 def registration_bundle_inputs(params: Any) -> list[Path]:
     """The bundle folder a learned method reads (the default one when none is named)."""
-    from medpipe.pipeline.stages.segment import resolve_bundle_path
+    from medpipe.models.bundle import resolve_bundle_path
     from medpipe.registration.register import DEFAULT_BUNDLE
 
     name = params.bundle or (DEFAULT_BUNDLE.get(params.method) if params.method in ("micdir", "voxelmorph") else None)
@@ -45,6 +45,7 @@ class Register(Stage):
     Params = RegisterParams
     inputs = {"fixed": ImageArtifact, "moving": ImageArtifact}
     outputs = {"field": FieldArtifact, "image": ImageArtifact}
+    resources = StageResources(threads=4, mem_mb=6000, gpu=True)
 
     @classmethod
     def external_inputs(cls, params: StageParams) -> list[Path]:

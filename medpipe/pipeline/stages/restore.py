@@ -11,7 +11,7 @@ from typing import Any
 
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["RestoreGeometry", "RestoreProbabilities"]
 
@@ -44,6 +44,7 @@ class RestoreGeometry(Stage):
     inputs = {"labels": LabelArtifact, "reference": ImageArtifact, "processed": ImageArtifact}
     optional_inputs = frozenset({"processed"})
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         return {"labels": _restore(inputs["labels"], inputs, ctx)}
@@ -60,6 +61,7 @@ class RestoreProbabilities(Stage):
     inputs = {"probabilities": ImageArtifact, "reference": ImageArtifact, "processed": ImageArtifact}
     optional_inputs = frozenset({"processed"})
     outputs = {"probabilities": ImageArtifact}
+    resources = StageResources(threads=1, mem_mb=6000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         return {"probabilities": _restore(inputs["probabilities"], inputs, ctx)}

@@ -18,9 +18,8 @@ import numpy as np
 from pydantic import Field
 
 from medpipe.errors import BundleError
-from medpipe.models.bundle import resolve_bundle_path
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Segment", "SegmentProbabilities", "check_channels"]
 
@@ -65,12 +64,13 @@ class Segment(Stage):
     Params = _SegmentParams
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
     _with_probabilities = False
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference import predict
         from medpipe.inference.slicewise import check_min_size, is_2d
-        from medpipe.models.bundle import load_bundle
+        from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
         p = self.params
         image = inputs["image"]

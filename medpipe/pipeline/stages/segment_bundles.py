@@ -18,10 +18,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from medpipe.errors import BundleError, PipelineError
-from medpipe.models.bundle import resolve_bundle_path
-from medpipe.models.model_ref import resolve_model
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages.segment_image import InferenceParams, check_bundle_modality
 
 __all__ = ["SegmentBundles", "merge_label_maps"]
@@ -76,15 +74,19 @@ class SegmentBundles(Stage):
 
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
 
     @classmethod
     def external_inputs(cls, params: StageParams) -> list[Any]:
+        from medpipe.models.bundle import resolve_bundle_path
+
         paths = [resolve_bundle_path(b) for b in params.bundles]
         return [p for p in paths if p.exists()]
 
     @classmethod
     def _bundles(cls, params: StageParams) -> list[Any]:
         from medpipe.models.bundle import load_bundle
+        from medpipe.models.model_ref import resolve_model
 
         bundles = [load_bundle(resolve_model(b)) for b in params.bundles]
         if params.labels is not None:

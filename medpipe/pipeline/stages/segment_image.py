@@ -13,9 +13,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from medpipe.errors import BundleError
-from medpipe.models.model_ref import resolve_model
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["SegmentImage", "InferenceParams", "check_bundle_modality"]
 
@@ -56,16 +55,19 @@ class SegmentImage(Stage):
     def preflight(cls, params: StageParams, ctx: Any) -> None:
         """The bundle is complete and for the study's modality (before anything is loaded)."""
         from medpipe.models.bundle import load_bundle
+        from medpipe.models.model_ref import resolve_model
 
         bundle = load_bundle(resolve_model(params.bundle))
         check_bundle_modality(bundle, (ctx.learned("image") or {}).get("modality"), ctx.study)
 
     inputs = {"image": ImageArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=4, mem_mb=8000, gpu=True)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.inference.bundle_segment import segment_image
         from medpipe.models.bundle import load_bundle
+        from medpipe.models.model_ref import resolve_model
 
         p = self.params
         image = inputs["image"]

@@ -9,7 +9,7 @@ import numpy as np
 from medpipe.errors import GeometryError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact, TableArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages._labels import label_names, present_labels
 
 __all__ = ["Statistics", "label_statistics"]
@@ -62,6 +62,7 @@ class Statistics(Stage):
     inputs = {"labels": LabelArtifact, "image": ImageArtifact}
     optional_inputs = frozenset({"image"})
     outputs = {"table": TableArtifact}
+    resources = StageResources(threads=1, mem_mb=2000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         return {"table": label_statistics(inputs["labels"], inputs.get("image"))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from medpipe.pipeline.artifacts import FieldArtifact, ImageArtifact, LabelArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Warp", "WarpLabels"]
 
@@ -25,6 +25,7 @@ class Warp(Stage):
 
     inputs = {"image": ImageArtifact, "field": FieldArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=2, mem_mb=4000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.registration.field import warp_image
@@ -42,6 +43,7 @@ class WarpLabels(Stage):
 
     inputs = {"labels": LabelArtifact, "field": FieldArtifact}
     outputs = {"labels": LabelArtifact}
+    resources = StageResources(threads=2, mem_mb=4000)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.registration.field import warp_image

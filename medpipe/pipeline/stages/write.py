@@ -10,7 +10,7 @@ from pydantic import model_validator
 
 from medpipe.errors import DicomError, GeometryError, PipelineError
 from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact, LabelArtifact, TableArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels
 
 __all__ = ["Write", "dicom_seg_unavailable"]
@@ -65,6 +65,7 @@ class Write(Stage):
     inputs = {"labels": LabelArtifact, "source": TableArtifact, "reference": ImageArtifact}
     optional_inputs = frozenset({"source", "reference"})
     outputs = {"files": FilesArtifact}
+    resources = StageResources(threads=1, mem_mb=3000)
 
     @classmethod
     def preflight(cls, params: StageParams, ctx: Any) -> None:
