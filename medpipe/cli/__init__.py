@@ -26,6 +26,8 @@ _COMMAND_MODULES = [
     "medpipe.cli.segment",
     "medpipe.cli.doctor",
     "medpipe.cli.registration",
+    "medpipe.cli.pacs",
+    "medpipe.cli.serve",
 ]
 
 for _name in _COMMAND_MODULES:
