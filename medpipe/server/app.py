@@ -226,7 +226,7 @@ def create_app(config: ServerConfig, token: str) -> Any:
         name = path.name if format != "seg.nrrd" else f"{path.name.split('.')[0]}.seg.nrrd"
         return FileResponse(path, media_type=_MEDIA[format], filename=name)
 
-    return TokenAuth(BodyLimit(api, config.max_upload_bytes + (1 << 20)), token)
+    return TokenAuth(BodyLimit(api, config.max_upload_bytes), token)
 
 
 def _pacs_names(config: ServerConfig) -> list[str]:

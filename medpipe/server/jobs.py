@@ -300,6 +300,11 @@ class JobManager:
             return self._interrupted(job_id)
         from medpipe.server.results import available_formats
 
+        with self._lock:  # the run's own record is the truth (a dead worker sent no stage_end)
+            for name, status in result.stages.items():
+                if name in record["stages"]:
+                    record["stages"][name]["status"] = status
+                    record["stages"][name].pop("progress", None)
         fields = {"warnings": result.warnings, "results": available_formats(result.run_dir) if result.ok else []}
         if not result.ok:
             return self._finish(job_id, "failed", error=result.error, failed_stage=result.failed_stage, **fields)

@@ -134,11 +134,13 @@ def store_upload(stream: BinaryIO, name: str | None, dest: Path, *, max_bytes: i
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` before they are parsed."""
+    """ASGI middleware: refuse request bodies over ``max_bytes`` (plus ``slack`` for the
+    multipart framing and form fields) before they are parsed."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, slack: int = 1 << 20) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.cutoff = max_bytes + slack
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -152,7 +154,7 @@ class BodyLimit:
             except ValueError:
                 await _reply(send, 400, "the Content-Length header is not a number")
                 return
-            if declared > self.max_bytes:
+            if declared > self.cutoff:
                 await _drain_and_reply(receive, send, 413, self._too_big())
                 return
         seen = 0
@@ -166,7 +168,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # the app sees a disconnect; its answer is replaced below
+                if seen > self.cutoff:  # the app sees a disconnect; its answer is replaced below
                     too_big = True
                     return {"type": "http.disconnect"}
             return message
