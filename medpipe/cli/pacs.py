@@ -109,6 +109,7 @@ def watch_command(
     max_polls: int | None = typer.Option(None, "--max-polls", min=1, help="Stop after this many polls (default: never)."),
     set_: list[str] = typer.Option([], "--set", help="Override a parameter: --set stage.param=value (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    from_now: bool = typer.Option(False, "--from-now", help="On a first start, skip the studies already in the PACS."),
 ) -> None:
     """Run PIPELINE on every new stable study, at most once per study, and send each DICOM SEG back."""
     from medpipe.pipeline.pacs_watch import watch
@@ -126,6 +127,6 @@ def watch_command(
         else:
             typer.echo(f"{event['study']} running")
 
-    state = watch(srv, spec, out, poll_s=poll, max_polls=max_polls, device=device, on_event=show)
+    state = watch(srv, spec, out, poll_s=poll, max_polls=max_polls, device=device, on_event=show, from_now=from_now)
     done = sum(1 for s in state["studies"].values() if s.get("status") == "done")
     typer.echo(f"watched {srv.label}: {done}/{len(state['studies'])} studies done (state in {out})")

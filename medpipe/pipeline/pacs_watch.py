@@ -78,9 +78,11 @@ def watch(
     max_polls: int | None = None,
     device: str = "cpu",
     on_event: EventSink | None = None,
+    from_now: bool = False,
 ) -> dict[str, Any]:
     """Follow ``server``'s change feed; returns the state after ``max_polls`` polls
-    (forever when None). A PACS that cannot be reached is retried at the next poll."""
+    (forever when None). A PACS that cannot be reached is retried at the next poll.
+    ``from_now`` on a first start skips the archive's history (only new studies run)."""
     if server.api != "orthanc":
         raise PacsError(f"{server.label}: watch mode follows Orthanc's /changes feed; set api: orthanc for it")
     emit = on_event or (lambda e: None)
@@ -89,6 +91,13 @@ def watch(
     path = state_path_for(out_dir, server)
     state = _load(path, server)
     client = OrthancClient(server)
+    if from_now and not path.exists():
+        while True:
+            _, last, done = client.changes(int(state["since"]), limit=1000)
+            state["since"] = last
+            if done:
+                break
+        _save(path, state)
     polls = 0
     while max_polls is None or polls < max_polls:
         polls += 1

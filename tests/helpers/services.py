@@ -28,7 +28,7 @@ TEST_PIPELINES = {
 name: t_fast
 description: test - load, two-organ threshold, write NIfTI + DICOM SEG
 stages:
-  load: {kind: load_study, inputs: {study: input.study}}
+  load: {kind: load_study, params: {orientation: axial, largest: true}, inputs: {study: input.study}}
   seg: {kind: t_two_organs, params: {low: 100, high: 200}, inputs: {image: load.image}}
   write:
     kind: write
@@ -56,7 +56,7 @@ def write_test_pipelines(folder: Path) -> Path:
     return folder
 
 
-def test_env(pipelines: Path | None = None) -> dict[str, str]:
+def subprocess_env(pipelines: Path | None = None) -> dict[str, str]:
     """The environment a subprocess needs to see this checkout and the test stage kinds."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(SERVER_TEST_STAGES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -91,7 +91,7 @@ class MedpipeServer:
         self.cmd = [sys.executable, "-m", "medpipe", "serve", "--state", str(state), "--port", str(self.port),
                     "--workers", str(workers), "--max-upload-mb", str(max_upload_mb),
                     "--stage-module", "server_test_stages", *(extra or [])]
-        self.env = test_env(pipelines)
+        self.env = subprocess_env(pipelines)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> MedpipeServer:
