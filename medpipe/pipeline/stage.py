@@ -128,8 +128,28 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
+STAGE_MODULES_ENV = "MEDPIPE_STAGE_MODULES"
+_plugins_loaded = False
+
+
 def _ensure_builtin() -> None:
+    """Register the built-in kinds, then the modules named in ``$MEDPIPE_STAGE_MODULES``
+    (comma-separated importable names: a site's own stage kinds, for ``medpipe run``, the
+    server and the workflow engines alike)."""
+    global _plugins_loaded
     import medpipe.pipeline.stages  # noqa: F401  (registers the built-in kinds)
+
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import importlib
+    import os
+
+    for name in filter(None, (m.strip() for m in os.environ.get(STAGE_MODULES_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise PipelineError(f"${STAGE_MODULES_ENV} names {name!r}, which cannot be imported ({exc})") from None
 
 
 def get_stage(kind: str) -> type[Stage]:
