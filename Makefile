@@ -8,7 +8,7 @@ STAMP := $(VENV)/.medpipe-installed
 DEMO_DIR ?= demo_out
 
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
-	bench-nnunet train-brain-bundle \
+	bench-nnunet train-brain-bundle bench-server \
 	train-brain-voxelmorph bench-registration-deps bench-registration
 
 setup: $(STAMP) system-deps
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,server]'
+	$(BIN)/python -m pip install -q -e '.[slicer]' || echo "note: slicer-core did not install here; the headless MRML tests will be skipped"
 	touch $(STAMP)
 
 # dcm2niix is the reference converter the ingestion tests compare against (Debian package).
+# orthanc + orthanc-dicomweb: the real PACS the PACS tests start on a free port (RUNLEVEL=1: the
+# package's own service is not started; the tests run their own instance with a temp config).
 system-deps:
 	@command -v dcm2niix >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -31,6 +34,10 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data) >/dev/null; \
 	  else echo "note: mricron-data (Colin27, AAL) not installed; benchmarks/registration.py needs it"; fi; }
+	@test -x /usr/sbin/Orthanc -a -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) >/dev/null; \
+	  else echo "note: orthanc/orthanc-dicomweb not installed and not root; the PACS tests will be skipped"; fi; }
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
@@ -110,3 +117,7 @@ bench-registration-deps: setup system-deps
 bench-registration: bench-registration-deps
 	test -d build/bundles/brain_voxelmorph || $(MAKE) train-brain-voxelmorph
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration.py --threads 1
+
+# 10 concurrent jobs through medpipe serve vs medpipe run on the same phantom studies (benchmarks/RESULTS.md).
+bench-server: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/server.py

@@ -83,14 +83,14 @@ class MedpipeServer:
     """``python -m medpipe serve`` in its own process."""
 
     def __init__(self, state: Path, pipelines: Path, *, workers: int = 1, max_upload_mb: float = 4.0,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, stage_module: str | None = "server_test_stages") -> None:
         self.state = state
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = state.parent / f"{state.name}-server.log"
         self.cmd = [sys.executable, "-m", "medpipe", "serve", "--state", str(state), "--port", str(self.port),
                     "--workers", str(workers), "--max-upload-mb", str(max_upload_mb),
-                    "--stage-module", "server_test_stages", *(extra or [])]
+                    *(["--stage-module", stage_module] if stage_module else []), *(extra or [])]
         self.env = subprocess_env(pipelines)
         self.proc: subprocess.Popen | None = None
 
