@@ -92,6 +92,20 @@ def test_oversized_upload_is_refused_and_nothing_stays(server) -> None:
     _refused(server, "big.nii.gz", big, 413, "larger than the server's upload limit of 1 MiB")
 
 
+def test_chunked_body_without_length_is_cut_off(server) -> None:
+    def body():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"pipeline\"\r\n\r\nt_fast\r\n"
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.nii.gz\"\r\n\r\n\x1f\x8b"
+        for _ in range(12):
+            yield bytes(256 * 1024)  # 3 MiB in all, with no Content-Length (chunked)
+
+    before = _job_dirs(server)
+    r = requests.post(f"{server.url}/jobs", data=body(), timeout=60,
+                      headers={**_auth(server), "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "upload limit of 1 MiB" in r.json()["detail"]
+    assert _job_dirs(server) == before
+
+
 def test_slightly_oversized_file_is_refused_by_the_upload_check(server) -> None:
     _refused(server, "big.nii.gz", b"\x1f\x8b" + bytes(2**20 + 10), 413, "larger than the server's limit of 1 MiB")
 
