@@ -11,7 +11,8 @@ DEMO_DIR ?= demo_out
 	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
 	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle \
 	train-brain-tumour-bundle \
-	engines bench-engines docker-deps docker-check
+	engines bench-engines docker-deps docker-check \
+	bench-server
 
 setup: $(STAMP) system-deps
 
@@ -20,10 +21,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev,recon-data,registration,2d]'
+	$(BIN)/python -m pip install -q -e '.[dev,recon-data,registration,2d,server]'
+	$(BIN)/python -m pip install -q -e '.[slicer]' || echo "note: slicer-core did not install here; the headless MRML tests will be skipped"
 	touch $(STAMP)
 
 # dcm2niix is the reference converter the ingestion tests compare against (Debian package).
+# orthanc + orthanc-dicomweb: the real PACS the PACS tests start on a free port (RUNLEVEL=1: the
+# package's own service is not started; the tests run their own instance with a temp config).
 system-deps:
 	@command -v dcm2niix >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -37,6 +41,10 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
 	  else echo "note:$$missing not installed and not root; recon tests and data sources that need them are skipped"; fi; fi
+	@test -x /usr/sbin/Orthanc -a -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) >/dev/null; \
+	  else echo "note: orthanc/orthanc-dicomweb not installed and not root; the PACS tests will be skipped"; fi; }
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
@@ -183,3 +191,7 @@ docker-deps:
 # dependencies change; figures in RESULTS.md).
 docker-check: setup docker-deps
 	$(BIN)/python benchmarks/docker_image.py
+
+# 10 concurrent jobs through medpipe serve vs medpipe run on the same phantom studies (benchmarks/RESULTS.md).
+bench-server: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/server.py

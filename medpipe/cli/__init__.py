@@ -27,6 +27,8 @@ _COMMAND_MODULES = [
     "medpipe.cli.doctor",
     "medpipe.cli.registration",
     "medpipe.cli.stage",
+    "medpipe.cli.pacs",
+    "medpipe.cli.serve",
 ]
 
 for _name in _COMMAND_MODULES:

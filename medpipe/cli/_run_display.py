@@ -1,7 +1,9 @@
-"""Live progress and the final summary table of ``medpipe run`` (rich)."""
+"""Live progress and the final summary table of ``medpipe run`` (rich), or JSON lines (``--events``)."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Any
 
@@ -98,3 +100,34 @@ class RunDisplay:
                 self.console.print(f"  traceback: {escape(str(logs))}")
         ok = len(results) - len(failed)
         self.console.print(f"{ok}/{len(results)} studies done; results in {escape(str(results[0].run_dir.parent)) if results else '-'}")
+
+    def note(self, text: str, data: dict[str, Any] | None = None) -> None:
+        self.console.print(escape(text))
+
+
+class JsonEvents:
+    """``medpipe run --events``: every runner event as one JSON line on stdout, then one
+    ``summary`` line per study; what the Slicer module's local mode reads."""
+
+    def __enter__(self) -> JsonEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+
+    @staticmethod
+    def _emit(event: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(event, default=str) + "\n")
+        sys.stdout.flush()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self._emit(event)
+
+    def summary(self, results: list[RunResult]) -> None:
+        for r in results:
+            self._emit({"event": "summary", "study": r.study, "status": r.status, "run_dir": str(r.run_dir),
+                        "outputs": r.outputs, "warnings": r.warnings, "error": r.error,
+                        "failed_stage": r.failed_stage, "duration_s": r.duration_s})
+
+    def note(self, text: str, data: dict[str, Any] | None = None) -> None:
+        self._emit({"event": "note", "message": text, **({"data": data} if data else {})})

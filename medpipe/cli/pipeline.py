@@ -12,7 +12,8 @@ from medpipe.cli.app import app
 @app.command("run")
 def run_command(
     pipeline: str = typer.Argument(..., help="Pipeline file (YAML) or shipped pipeline name (see `medpipe pipelines`)."),
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="A study (DICOM folder, zip, NIfTI file) or a folder of studies."),
+    input_path: str = typer.Argument(..., metavar="INPUT", help="A study (DICOM folder, zip, NIfTI file), a folder of studies, "
+                                     "or a PACS study pacs://SERVER/studies/UID (its DICOM SEG is sent back)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; each study gets OUT/<study>/."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Studies processed in parallel (one process each)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -20,6 +21,9 @@ def run_command(
     target: list[str] = typer.Option([], "--target", help="Run only what this stage[.output] needs (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the stages in order and the studies, run nothing."),
     force: bool = typer.Option(False, "--force", help="Re-run every stage even if its cached result is valid."),
+    events: bool = typer.Option(False, "--events", help="Print progress as JSON lines on stdout (for the Slicer module)."),
+    pacs_config: Path | None = typer.Option(None, "--pacs-config", help="PACS config for a pacs:// INPUT."),
+    send_back: bool = typer.Option(True, "--send-back/--no-send-back", help="Store the DICOM SEG of a pacs:// study in that PACS."),
 ) -> None:
     """Run PIPELINE on INPUT; cached stages are reused and crashed runs resume."""
     from medpipe.errors import InputError
@@ -34,7 +38,21 @@ def run_command(
     targets = list(target) or list(spec.outputs)
     if targets:
         graph = graph.subgraph(targets)
-    studies = discover_studies(input_path)
+    pacs_ref = None
+    from medpipe.io.pacs import is_pacs_ref
+
+    if is_pacs_ref(input_path):
+        from medpipe.io.pacs import load_pacs_config, parse_study_ref
+
+        pacs_ref = parse_study_ref(input_path, load_pacs_config(pacs_config))
+        if dry_run:
+            studies = [(pacs_ref.study_uid, Path(out) / ".pacs" / pacs_ref.study_uid)]
+        else:
+            from medpipe.pipeline.pacs_run import fetch_study
+
+            studies = [fetch_study(pacs_ref, out)]
+    else:
+        studies = discover_studies(Path(input_path))
 
     from rich.console import Console
 
@@ -46,13 +64,21 @@ def run_command(
             console.print(f"  {name}: {path}", markup=False)
         return
 
-    from medpipe.cli._run_display import RunDisplay
+    from medpipe.cli._run_display import JsonEvents, RunDisplay
     from medpipe.pipeline.batch import run_studies
 
-    with RunDisplay(console, [n for n, _ in studies], graph.order) as display:
+    display = JsonEvents() if events else RunDisplay(console, [n for n, _ in studies], graph.order)
+    with display:
         results = run_studies(spec, studies, out, jobs=jobs, device=device, force=force,
                               targets=targets or None, on_event=display.on_event)
     display.summary(results)
+    if pacs_ref is not None and send_back and results[0].ok:
+        from medpipe.pipeline.pacs_run import send_back as send
+
+        sent = send(pacs_ref, results[0])
+        again = " (unchanged, not sent again)" if sent.get("already_sent") else ""
+        display.note(f"sent {len(sent['sop_instance_uids'])} DICOM SEG instance(s) to "
+                     f"{pacs_ref.server.label}{again}", sent)
     if not all(r.ok for r in results):
         raise typer.Exit(code=1)  # the summary above names each failed study and stage
 

@@ -147,9 +147,13 @@ def run_studies(
     force: bool = False,
     targets: Sequence[str] | None = None,
     on_event: EventSink | None = None,
+    cancel: Callable[[str], str | None] | None = None,
 ) -> list[RunResult]:
     """Run ``spec`` on every (name, path) study, up to ``jobs`` at a time, each in its own
-    process. Never raises for a study's failure: it is in that study's RunResult."""
+    process. Never raises for a study's failure: it is in that study's RunResult.
+
+    ``cancel(study)`` is polled while a study runs (the server's DELETE /jobs); a reason it
+    returns terminates that study's process, and the reason becomes the study's error."""
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
@@ -195,6 +199,11 @@ def run_studies(
         if pipes:
             drain(0.1)
         for name, proc in list(running.items()):
+            if proc.exitcode is None and cancel is not None and name not in errors:
+                reason = cancel(name)
+                if reason:
+                    errors[name] = reason
+                    proc.terminate()
             if proc.exitcode is None:
                 continue
             proc.join()

@@ -50,7 +50,7 @@ from medpipe.pipeline.provenance import (
 from medpipe.pipeline.spec import PipelineSpec, load_pipeline
 from medpipe.pipeline.stage import StageContext
 
-__all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink"]
+__all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink", "output_files_of"]
 
 EventSink = Callable[[dict[str, Any]], None]
 RECORD = "_record.json"
@@ -99,6 +99,19 @@ class RunResult:
             refused=bool(err.get("preflight")),
             warnings=[f"{name}: {w}" for name, st in record.get("stages", {}).items() for w in st.get("warnings", [])],
         )
+
+
+def output_files_of(run_dir: Path, paths: Sequence[str]) -> list[Path]:
+    """The files behind a run's output entries (a files artifact is a folder: its files,
+    without the manifest), in order."""
+    out: list[Path] = []
+    for rel in paths:
+        p = Path(run_dir) / rel
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.name != "manifest.json"))
+        elif p.is_file():
+            out.append(p)
+    return out
 
 
 def study_name_of(path: str | Path) -> str:

@@ -85,8 +85,7 @@ class LoadChannels(Stage):
         p = self.params
         channels = p.channels
         if channels is None and p.bundle:
-            from medpipe.models.bundle import load_bundle
-            from medpipe.models.bundle import resolve_bundle_path
+            from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
             channels = list(load_bundle(resolve_bundle_path(p.bundle)).config.channels)
         if not channels:

@@ -23,8 +23,7 @@ __all__ = ["Recon", "load_recon_model"]
 def load_recon_model(bundle_name: str, n_coils: int | None = None):
     """(network in eval mode, bundle) for a recon bundle; refuses segmentation bundles and a coil
     count the bundle was not trained for."""
-    from medpipe.models.bundle import load_bundle
-    from medpipe.models.bundle import resolve_bundle_path
+    from medpipe.models.bundle import load_bundle, resolve_bundle_path
 
     bundle = load_bundle(resolve_bundle_path(bundle_name), expect_modality="MR")
     cfg = bundle.config

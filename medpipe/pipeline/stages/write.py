@@ -13,9 +13,11 @@ from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact, LabelArtifa
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels
 
-__all__ = ["Write", "dicom_seg_unavailable"]
+__all__ = ["Write", "dicom_seg_unavailable", "write_labels_seg_nrrd"]
 
-_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm", "png": ".png"}  # png: one-slice label maps
+_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": ".dcm", "png": ".png",  # png: one-slice label maps
+           "seg_nrrd": ".seg.nrrd"}
+_FORMAT = Literal["nifti", "nrrd", "dicom_seg", "png", "seg_nrrd"]
 
 
 def dicom_seg_unavailable(source: dict[str, Any] | None, learned: dict[str, Any] | None = None) -> str | None:
@@ -38,6 +40,15 @@ def dicom_seg_unavailable(source: dict[str, Any] | None, learned: dict[str, Any]
     return None
 
 
+def write_labels_seg_nrrd(labels: Any, out: Path) -> Path:
+    """A Slicer ``.seg.nrrd``: every named structure is a segment (absent ones empty), in label order."""
+    from medpipe.io.slicer_seg import write_seg_nrrd
+
+    values = sorted({*(int(k) for k in (labels.meta.extra.get("labels") or {}) if int(k) != 0),
+                     *present_labels(labels)})
+    return write_seg_nrrd(labels, out, label_names(labels, values), label_colors(labels, values))
+
+
 @register_stage
 class Write(Stage):
     kind = "write"
@@ -47,8 +58,9 @@ class Write(Stage):
         # Every format the study allows is written; one it cannot have (DICOM SEG of a NIfTI
         # input) is skipped with a warning, unless it is listed in `required`: then the study
         # is refused before any stage runs.
-        formats: list[Literal["nifti", "nrrd", "dicom_seg", "png"]] = ["nifti"]
-        required: list[Literal["nifti", "nrrd", "dicom_seg", "png"]] = []
+        # seg_nrrd: 3D Slicer's segmentation file (segment names and colours; opens as a segmentation)
+        formats: list[_FORMAT] = ["nifti"]
+        required: list[_FORMAT] = []
         name: str = "segmentation"  # file stem
         seg_type: Literal["binary", "labelmap"] = "binary"
         series_description: str = "medpipe segmentation"
@@ -107,6 +119,9 @@ class Write(Stage):
                 files[fmt] = self._split(labels, ctx.workdir / stem, _SUFFIX[fmt]) if p.split else out
                 if not p.split:
                     write_volume(labels, out)
+                continue
+            if fmt == "seg_nrrd":
+                files[fmt] = write_labels_seg_nrrd(labels, out)
                 continue
             why = dicom_seg_unavailable(source)
             if why is None:

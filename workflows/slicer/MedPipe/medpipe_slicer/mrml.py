@@ -1,0 +1,89 @@
+"""MRML nodes <-> files: the input volume out, the ``.seg.nrrd`` result in.
+
+Only MRML (no Qt, no application object), so the same code runs inside Slicer and headless
+with PyPI ``slicer-core``. The result becomes a segmentation node that
+
+- keeps the segment names and colours the ``.seg.nrrd`` carries (the bundle's),
+- has the input volume as its reference geometry (what Slicer's DICOM SEG export and the
+  Segment Editor need), and
+- sits in the subject hierarchy under the input volume's study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["save_volume", "load_segmentation", "segments_of", "dicom_files_of"]
+
+
+def _slicer() -> Any:
+    import slicer  # Slicer itself, or PyPI slicer-core
+
+    return slicer
+
+
+def save_volume(volume_node: Any, path: str | Path) -> Path:
+    """Write ``volume_node`` (its IJK-to-RAS geometry included) to a NRRD/NIfTI file."""
+    path = Path(path)
+    scene = volume_node.GetScene()
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    try:
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(True)
+        if not storage.WriteData(volume_node):
+            raise OSError(f"Slicer could not write volume {volume_node.GetName()!r} to {path}")
+    finally:
+        scene.RemoveNode(storage)
+    return path
+
+
+def _sh_item(sh: Any, node: Any) -> int:
+    item = sh.GetItemByDataNode(node)
+    if not item:  # headless MRML has no subject hierarchy plugins creating items
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    return item
+
+
+def load_segmentation(path: str | Path, reference_volume: Any, name: str | None = None) -> Any:
+    """A new segmentation node read from ``path``, tied to ``reference_volume`` and its study."""
+    path = Path(path)
+    scene = reference_volume.GetScene()
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{reference_volume.GetName()} medpipe")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(seg):
+        scene.RemoveNode(seg)
+        scene.RemoveNode(storage)
+        raise OSError(f"Slicer could not read the segmentation {path}")
+    scene.RemoveNode(storage)  # the node now lives in the scene; saving it is the user's choice
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    seg.CreateDefaultDisplayNodes()
+    sh = scene.GetSubjectHierarchyNode()
+    if sh is not None:
+        parent = sh.GetItemParent(_sh_item(sh, reference_volume))
+        sh.SetItemParent(_sh_item(sh, seg), parent)
+    return seg
+
+
+def segments_of(seg_node: Any) -> list[dict[str, Any]]:
+    """id, name, colour (0-1 RGB) and label value of every segment, in order."""
+    s = seg_node.GetSegmentation()
+    out = []
+    for i in range(s.GetNumberOfSegments()):
+        segment = s.GetNthSegment(i)
+        out.append({"id": s.GetNthSegmentID(i), "name": segment.GetName(), "color": list(segment.GetColor()),
+                    "label_value": segment.GetLabelValue()})
+    return out
+
+
+def dicom_files_of(volume_node: Any) -> list[str]:
+    """The DICOM files a volume was loaded from (Slicer's DICOM module records their UIDs);
+    empty for volumes that did not come from the DICOM database."""
+    slicer = _slicer()
+    uids = volume_node.GetAttribute("DICOM.instanceUIDs") if volume_node is not None else None
+    db = getattr(slicer, "dicomDatabase", None)
+    if not uids or db is None:
+        return []
+    files = [db.fileForInstance(uid) for uid in uids.split()]
+    return [f for f in files if f]
