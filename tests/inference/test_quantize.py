@@ -41,11 +41,12 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def calibration_files(tmp_path_factory) -> list[Path]:
-    """Three small CT phantoms on the bundle's 2 mm grid (two calibrate, one validates)."""
+    """Three coarse CT phantoms covering the whole phantom abdomen (300x260x220 mm at 5 mm; the
+    bundle resamples them to its 3 mm grid): two calibrate, one validates."""
     out = tmp_path_factory.mktemp("calibration")
     files = []
     for seed in (101, 102, 103):
-        ct, _ = ct_phantom(shape=(56, 52, 48), spacing=(2.0, 2.0, 2.0), seed=seed, vary=True)
+        ct, _ = ct_phantom(shape=(60, 52, 44), spacing=(5.0, 5.0, 5.0), seed=seed, vary=True)
         files.append(out / f"ct_{seed}.nii.gz")
         write_volume(ct, files[-1])
     return files
