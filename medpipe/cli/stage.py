@@ -8,30 +8,11 @@ refused (the message names study and stage), 2 bad pipeline, option or input.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import typer
 
 from medpipe.cli.app import app
-
-
-def _set_threads(threads: int | None) -> int | None:
-    """Threads granted by the scheduler, never more than the cores this process may use."""
-    if threads is None:
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        cores = os.cpu_count() or 1
-    n = max(1, min(threads, cores))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)  # read by torch and OpenVINO when the stage imports them
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(n)
-    return n
 
 
 @app.command("stage")
@@ -53,7 +34,9 @@ def stage_command(
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    _set_threads(threads)
+    from medpipe.threads import apply_threads
+
+    apply_threads(threads)  # the scheduler's grant, for torch, MKL and OpenVINO alike
     from medpipe.pipeline.runner import run_stage
     from medpipe.pipeline.spec import load_pipeline
 

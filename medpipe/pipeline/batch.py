@@ -87,6 +87,9 @@ def _worker(
         events.send(event)
 
     try:
+        from medpipe.threads import apply_threads
+
+        apply_threads()  # the same count for torch, MKL and OpenVINO as `medpipe stage` sets
         for m in modules:
             importlib.import_module(m)
         spec = PipelineSpec.from_payload(payload)

@@ -53,7 +53,7 @@ def test_openvino_backend_agrees_with_torch(net):
     assert ov.facts["backend"] == "openvino" and ov.facts["tta_passes"] == 2  # axis 2 dropped for 2D
     # an untrained net's classes are near ties, so compare probabilities, not arg-maxes
     diff = np.abs(ov.probabilities - ref.probabilities)  # fp32 kernels differ ~1e-4, a rare voxel ~2e-3
-    assert diff.mean() < 1e-4 and diff.max() < 5e-3
+    assert diff.mean() < 3e-4 and diff.max() < 5e-3
 
 
 def test_two_d_errors_are_one_sentence(net):
