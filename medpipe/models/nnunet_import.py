@@ -202,7 +202,6 @@ def import_nnunet_cascade(lowres_folder: str | Path, fullres_folder: str | Path,
                           fold: str | int | list[str | int] | None = None, **kw: Any) -> Bundle:
     """Import an nnU-Net cascade: the ``3d_lowres`` results as the bundle's first stage
     (``previous_stage/``) and the ``3d_cascade_fullres`` results as the bundle itself."""
-    from medpipe.io.atomic import atomic_dir
 
     overwrite = kw.pop("overwrite", False)
     out = Path(out_bundle)
@@ -211,12 +210,14 @@ def import_nnunet_cascade(lowres_folder: str | Path, fullres_folder: str | Path,
     if config.channels != low_cfg.channels or config.preprocessing.orientation != low_cfg.preprocessing.orientation:
         raise BundleError(f"{lowres_folder} and {fullres_folder} are not two stages of one cascade (channels "
                           f"{low_cfg.channels} vs {config.channels})")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_bundle(tmp, models[0], config, overwrite=True, ensemble=models[1:])
-        save_bundle(tmp / config.cascade.previous, low_models[0], low_cfg, overwrite=True, ensemble=low_models[1:])
-    from medpipe.models.bundle import load_bundle
+    import tempfile
 
-    return load_bundle(out)
+    with tempfile.TemporaryDirectory(prefix="medpipe-cascade-") as scratch:
+        # the first stage as a bundle of its own, copied inside the second as it is written
+        # (atomically: a bundle naming a first stage is only valid with that stage inside)
+        first = save_bundle(Path(scratch) / "first", low_models[0], low_cfg, ensemble=low_models[1:]).path
+        files = {str(Path(config.cascade.previous) / f.relative_to(first)): f for f in first.rglob("*") if f.is_file()}
+        return save_bundle(out, models[0], config, overwrite=overwrite, ensemble=models[1:], extra_files=files)
 
 
 def _foreground(cfg: BundleConfig) -> list[int]:
