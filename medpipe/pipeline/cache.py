@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,17 +91,18 @@ def stage_key(
     input_hashes: dict[str, str],
     medpipe_version: str,
     stage_version: str | None = None,
-    external_hashes: dict[str, str] | None = None,
+    external_hashes: Sequence[str] | None = None,
 ) -> str:
     """The cache key of one stage run (``external_hashes``: content hashes of files outside
-    the run it depends on, such as a model bundle)."""
+    the run it depends on, such as a model bundle — never their paths, so the same bundle
+    installed at another place keys the same)."""
     doc = {
         "kind": kind,
         "params": params,
         "inputs": input_hashes,
         "medpipe": medpipe_version,
         "stage_version": stage_version,
-        "external": external_hashes or {},
+        "external": list(external_hashes or []),
     }
     canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()

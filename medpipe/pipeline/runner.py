@@ -231,7 +231,9 @@ class _StudyRun:
         inputs = {port: self.hashes[ref] for port, ref in sorted(st.inputs.items())}
         version = getattr(cls, "version", None)
         params = self.spec.resolved_params(stage)
-        external = {str(p): hash_external(p) for p in cls.external_inputs(cls.Params(**params))}
+        # content only, in the stage's order: a bundle installed elsewhere (a container, another
+        # node) with the same files gives the same key
+        external = [hash_external(p) for p in cls.external_inputs(cls.Params(**params))]
         return stage_key(
             st.kind, params, inputs, self.versions["medpipe"] or "",
             None if version is None else str(version), external,

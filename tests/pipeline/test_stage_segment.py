@@ -147,3 +147,32 @@ stages:
     (own / "model.yaml").write_text(cfg.replace("name: tiny-ct", "name: tiny-ct\ndescription: retrained"))
     again = run_pipeline(pipeline, study, tmp_path / "out")
     assert again.stages == {"load": "cached", "normalize": "done", "segment": "done"}
+
+
+def test_the_same_bundle_installed_elsewhere_keys_the_same(bundle, tmp_path, monkeypatch):
+    """A container or another node installs the bundle at another path: the cache key holds
+    its content only, so run folders made there match the host's record for record."""
+    import json
+    import shutil
+
+    from medpipe.io.volumes import write_volume
+    from medpipe.pipeline import run_pipeline
+
+    study = tmp_path / "study.nii.gz"
+    write_volume(ct_image((36, 34, 30)), study)
+    keys = []
+    for place in ("host", "container"):
+        root = tmp_path / place
+        shutil.copytree(bundle, root / "models" / "ct")
+        pipeline = root / "p.yaml"
+        pipeline.write_text("""
+name: bundle_place
+description: where a bundle lives is not part of the result
+stages:
+  load: {kind: load_study, inputs: {study: input.study}}
+  segment: {kind: segment, params: {bundle: models/ct, precision: fp32}, inputs: {image: load.image}}
+""")
+        monkeypatch.chdir(root)  # `models/ct` resolves against the working folder
+        assert run_pipeline(pipeline, study, root / "out").ok
+        keys.append(json.loads((root / "out" / "study" / "artifacts" / "segment" / "_record.json").read_text())["key"])
+    assert keys[0] == keys[1]
