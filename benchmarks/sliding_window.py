@@ -477,20 +477,12 @@ def write_results_without_int8(args, results, agree, agree_own, decided, fit_acc
                      " / ".join(str(w) for w in r["rounds"])])
     table = markdown_table(["variant", "best wall s", "CPU s (that round)", "speed-up vs (a)", "vs (b)",
                             "argmax agreement with (a)", "with (e) medpipe fp32", "wall s per round"], rows)
-    speed = a["wall"] / f["wall"]
-    goals = markdown_table(["goal", "measured", "met"], [
-        ["(f) without int8 >= 4x faster than (a) MONAI fp32", f"{speed:.2f}x", "yes" if speed >= 4 else "**no**"],
-        ["(f) without int8 faster than (b) MONAI bf16", f"{b['wall'] / f['wall']:.2f}x",
-         "yes" if f["wall"] < b["wall"] else "**no**"],
-        ["argmax agreement (f) vs (a) >= 0.995", f"{agree['medpipe_auto_noint8']:.4f}",
-         "yes" if agree["medpipe_auto_noint8"] >= 0.995 else "**no**"]])
+    goals = markdown_table(["goal", "measured", "met"], _goals_without_int8(a, b, f, agree))
     tune = facts.get("autotune") or {}
     cands = markdown_table(["candidate", "s / tile", "agreement with fp32", "worst structure Dice"],
                            [[c["candidate"], f"{c['seconds_per_tile']:.3f}", f"{c['agreement']:.4f}",
                              f"{c['worst_class_dice']:.4f}"] for c in tune.get("candidates", [])])
-    patch_table = markdown_table(["network", "wall s", "CPU s", "max abs logit diff vs eager", "argmax agreement"],
-                                 [[r["name"], f"{r['wall']:.3f}", f"{r['cpu']:.2f}", f"{r['max_abs_err']:.1e}",
-                                   f"{r['agree']:.5f}"] for r in patch_rows])
+    patch_table = _patch_table(patch_rows)
     body = f"""
 {goals}
 
@@ -518,6 +510,22 @@ choice (the first run pays the tuning; the best round is a cached one). What it 
     record("sliding_window_auto", "Sliding-window inference without an int8 model: measured auto vs MONAI (CPU)",
            body, command=".venv/bin/python benchmarks/sliding_window.py --skip-memory"
            + (f" --no-int8 '{args.no_int8}'" if args.no_int8 else ""))
+
+
+def _patch_table(patch_rows: list[dict]) -> str:
+    return markdown_table(["network", "wall s", "CPU s", "max abs logit diff vs eager", "argmax agreement"],
+                          [[r["name"], f"{r['wall']:.3f}", f"{r['cpu']:.2f}", f"{r['max_abs_err']:.1e}",
+                            f"{r['agree']:.5f}"] for r in patch_rows])
+
+
+def _goals_without_int8(a: dict, b: dict, f: dict, agree: dict) -> list[list[str]]:
+    """Issue 20's goals for (f), medpipe auto on a bundle without an int8 model."""
+    speed = a["wall"] / f["wall"]
+    return [["(f) without int8 >= 4x faster than (a) MONAI fp32", f"{speed:.2f}x", "yes" if speed >= 4 else "**no**"],
+            ["(f) without int8 faster than (b) MONAI bf16", f"{b['wall'] / f['wall']:.2f}x",
+             "yes" if f["wall"] < b["wall"] else "**no**"],
+            ["argmax agreement (f) vs (a) >= 0.995", f"{agree['medpipe_auto_noint8']:.4f}",
+             "yes" if agree["medpipe_auto_noint8"] >= 0.995 else "**no**"]]
 
 
 def _choice(result: dict) -> str:
@@ -551,9 +559,7 @@ def write_results(args, results, agree, agree_own, dice_own, decided, fit_acc, f
     main_table = markdown_table(["variant", "best wall s", "CPU s (that round)", "speed-up vs (a)", "vs (b)",
                                  "argmax agreement with (a)", "with (e) medpipe fp32",
                                  "achieved TFLOP/s (of bf16 conv peak)", "wall s per round"], rows)
-    patch_table = markdown_table(["network", "wall s", "CPU s", "max abs logit diff vs eager", "argmax agreement"],
-                                 [[r["name"], f"{r['wall']:.3f}", f"{r['cpu']:.2f}", f"{r['max_abs_err']:.1e}",
-                                   f"{r['agree']:.5f}"] for r in patch_rows])
+    patch_table = _patch_table(patch_rows)
     peak_table = markdown_table(["engine, precision", "TFLOP/s"], [[p["name"], f"{p['tflops']:.3f}"] for p in peaks])
     mem_table = ""
     monai_mem = next((r for r in mem_rows if r.get("variant") == "monai_fp32" and "peak_rss" in r), None)
@@ -576,12 +582,7 @@ def write_results(args, results, agree, agree_own, dice_own, decided, fit_acc, f
     goals = markdown_table(["goal", "measured", "met"], [
         ["(c) >= 4x faster than (a) MONAI fp32", f"{speed:.2f}x", "yes" if speed >= 4 else "**no**"],
         ["(c) faster than (b) MONAI bf16", f"{b['wall'] / c['wall']:.2f}x", "yes" if c["wall"] < b["wall"] else "**no**"],
-        ["(f) without int8 >= 4x faster than (a) MONAI fp32", f"{a['wall'] / f['wall']:.2f}x",
-         "yes" if a["wall"] / f["wall"] >= 4 else "**no**"],
-        ["(f) without int8 faster than (b) MONAI bf16", f"{b['wall'] / f['wall']:.2f}x",
-         "yes" if f["wall"] < b["wall"] else "**no**"],
-        ["argmax agreement (f) vs (a) >= 0.995", f"{agree['medpipe_auto_noint8']:.4f}",
-         "yes" if agree["medpipe_auto_noint8"] >= 0.995 else "**no**"],
+        *_goals_without_int8(a, b, f, agree),
         ["argmax agreement (c) vs (a) >= 0.995", f"{agree['medpipe_auto']:.4f}",
          "yes" if agree["medpipe_auto"] >= 0.995 else "**no**"],
         ["argmax agreement (c) vs medpipe's own fp32 (e) >= 0.995", f"{agree_own['medpipe_auto']:.4f}",
