@@ -35,3 +35,24 @@ def test_a_grant_is_capped_at_the_usable_cores():
     cores = usable_cores()
     assert _probe(str(cores + 7), MKL_NUM_THREADS="1") == [cores, cores, cores]
     assert _probe("1", OMP_NUM_THREADS=str(cores))[:2] == [1, 1]
+
+
+STAGE_PROBE = """
+import torch
+from medpipe.threads import apply_threads, stage_threads
+apply_threads(2)
+with stage_threads(1) as n:
+    inside = (n, torch.get_num_threads())
+with stage_threads(64) as n:
+    wide = (n, torch.get_num_threads())
+print(*inside, *wide, torch.get_num_threads())
+"""
+
+
+def test_a_stage_runs_with_its_grant_capped_by_the_process_count():
+    # what Snakemake/Airflow grant a 1-thread stage, medpipe run gives it too; the count comes back after
+    base = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", STAGE_PROBE], env=base, capture_output=True, text=True,
+                         check=True).stdout.split()
+    top = min(2, usable_cores())
+    assert [int(v) for v in out] == [1, 1, top, top, top]

@@ -287,7 +287,10 @@ class _StudyRun:
             ctx = StageContext(stage=stage, workdir=workdir, study=self.study, device=self.device, tracker=tracker)
             inputs = {port: self.value(ref) for port, ref in st.inputs.items()}
             instance = self.spec.build_stage(stage)
-            with PeakMemory() as mem:
+            from medpipe.threads import stage_threads
+
+            # what a scheduler grants this stage, so every engine computes it with the same threads
+            with stage_threads(self.spec.stage_resources(stage).threads), PeakMemory() as mem:
                 result = instance.run(inputs, ctx)
             if not isinstance(result, dict):
                 raise PipelineError(f"stage {stage!r} ({st.kind}) returned {type(result).__name__}, not a dict of outputs")

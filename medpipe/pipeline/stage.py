@@ -59,8 +59,9 @@ class StageResources(BaseModel):
     SLURM ``--cpus-per-task``/``--mem``/``--gpus``, Airflow pool slots).
 
     A stage kind declares typical values; a pipeline file may override them per stage
-    (``resources: {threads: 4, mem_mb: 12000}``). They never change a result, so they are
-    not part of the cache key. ``gpu`` says the stage can use one (it is requested only
+    (``resources: {threads: 4, mem_mb: 12000}``). They are not part of the cache key; the
+    thread count a stage is granted (``threads``, capped by the cores) is also the count every
+    engine computes it with (``medpipe.threads.stage_threads``), so engines agree byte for byte. ``gpu`` says the stage can use one (it is requested only
     when the run's device is ``cuda``).
     """
 

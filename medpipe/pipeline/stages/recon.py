@@ -15,7 +15,7 @@ from pydantic import Field
 
 from medpipe.errors import BundleError
 from medpipe.pipeline.artifacts import ImageArtifact, KSpaceArtifact
-from medpipe.pipeline.stage import Stage, StageContext, StageParams, register_stage
+from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
 
 __all__ = ["Recon", "load_recon_model"]
 
@@ -52,6 +52,7 @@ class Recon(Stage):
 
     inputs = {"kspace": KSpaceArtifact}
     outputs = {"image": ImageArtifact}
+    resources = StageResources(threads=4, mem_mb=6000, gpu=True)
 
     def run(self, inputs: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         from medpipe.recon.reconstruct import reconstruct, to_image
@@ -70,8 +71,9 @@ class Recon(Stage):
             torch.set_num_threads(p.threads)
         res = reconstruct(ks, p.method, model=model, lam=p.cs_lambda, cs_iterations=p.cs_iterations,
                           coil_maps=p.coil_maps, track=ctx.track)
-        info["seconds_per_slice"] = round(float(np.mean(res.seconds)), 4)
-        ctx.facts["recon"] = info
+        # the timing is a fact of this run, not of the image: kept out of its metadata, which is
+        # hashed (a cache key downstream) and must be the same on every run and engine
+        ctx.facts["recon"] = {**info, "seconds_per_slice": round(float(np.mean(res.seconds)), 4)}
         vol = res.magnitude
         if p.output == "complex":
             if res.complex_image is None:
