@@ -93,3 +93,33 @@ def kspace(
                                snr=(levels[0], levels[-1]), seed=seed, augment=augment, planes=plane_list,
                                copies=copies, overwrite=overwrite)
     Console().print(f"wrote {info['slices']} slices x {info['coils']} coils ({info['matrix']}^2) to [bold]{info['file']}[/]")
+
+
+@data_app.command("mri-brain")
+def mri_brain(
+    out: Path = typer.Argument(..., help="Folder to write the k-space studies mri_0.h5 ... into."),
+    studies: int = typer.Option(4, "--studies", "-n", help="How many studies."),
+    broken: int = typer.Option(0, "--broken", help="Make the last N studies unusable (to see how a batch copes)."),
+    broken_kind: str = typer.Option("truncated", "--broken-kind", help="truncated (a cut-off file) or coils (12 coils)."),
+    matrix: int = typer.Option(96, "--matrix", help="Square in-plane matrix."),
+    pixel_mm: float = typer.Option(2.0, "--pixel-mm", help="In-plane pixel size (mm)."),
+    slices: int = typer.Option(52, "--slices", help="Contiguous axial slices."),
+    slice_mm: float = typer.Option(3.0, "--slice-mm", help="Slice thickness = spacing (mm)."),
+    coils: int = typer.Option(8, "--coils", help="Receive coils (the shipped CIRIM bundle wants 8)."),
+    snr: float = typer.Option(30.0, "--snr", help="Mean brain signal / noise sigma."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first study; the same seed writes the same files."),
+    truth: Path | None = typer.Option(None, "--truth", help="Folder for the truth labels (default OUT_truth beside OUT)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files that exist."),
+) -> None:
+    """Simulate whole-brain multi-coil k-space studies (real T1 brains, warped, with a lesion) and their truth."""
+    from rich.console import Console
+
+    from medpipe.data.mri_brain_studies import write_mri_brain_studies
+
+    rows = write_mri_brain_studies(out, studies, broken=broken, broken_kind=broken_kind, seed=seed, truth_dir=truth,
+                                   overwrite=overwrite, matrix=matrix, pixel_mm=pixel_mm, slices=slices,
+                                   slice_mm=slice_mm, coils=coils, snr=snr)
+    console = Console()
+    for r in rows:
+        note = f"[red]broken: {r['broken']}[/]" if r["broken"] else f"lesion {r['lesion_ml']:.1f} ml, truth {r['truth']}"
+        console.print(f"  {r['file']}  {r['source']:<8} {'x'.join(map(str, r['shape']))}  {note}")

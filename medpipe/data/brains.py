@@ -29,7 +29,8 @@ import numpy as np
 from medpipe.errors import InputError
 from medpipe.image import Image, ImageMeta
 
-__all__ = ["TISSUE_LABELS", "TISSUE_COLORS", "mni152", "colin27", "colin27_aal", "mricron_dir", "nilearn_data_dir"]
+__all__ = ["TISSUE_LABELS", "TISSUE_COLORS", "LOBE_LABELS", "mni152", "colin27", "colin27_aal", "brain_lobes", "mricron_dir",
+           "nilearn_data_dir"]
 
 TISSUE_LABELS = {1: "grey_matter", 2: "white_matter"}
 TISSUE_COLORS = {1: (160, 160, 160), 2: (245, 245, 245)}
@@ -131,3 +132,55 @@ def colin27_aal(spacing: float | None = None) -> Image:
             names[int(parts[0])] = parts[1]
     lab.meta = ImageMeta(modality="SEG", description="AAL (Colin27)", extra={"labels": names})
     return _to_spacing(lab, spacing)
+
+
+LOBES = ("frontal", "parietal", "temporal", "occipital", "limbic", "deep_grey", "cerebellum")
+_LOBE_OF = (  # AAL region-name prefixes -> lobe (the usual AAL lobar grouping; fusiform with temporal)
+    ("frontal", ("Precentral", "Frontal", "Rolandic", "Supp_Motor", "Olfactory", "Rectus", "Paracentral")),
+    ("parietal", ("Postcentral", "Parietal", "SupraMarginal", "Angular", "Precuneus")),
+    ("temporal", ("Heschl", "Temporal", "Fusiform")),
+    ("occipital", ("Calcarine", "Cuneus", "Lingual", "Occipital")),
+    ("limbic", ("Insula", "Cingulum", "Hippocampus", "ParaHippocampal", "Amygdala")),
+    ("deep_grey", ("Caudate", "Putamen", "Pallidum", "Thalamus")),
+    ("cerebellum", ("Cerebelum", "Vermis")),
+)
+LOBE_LABELS: dict[int, str] = {i + 1 + 7 * s: f"{lobe}_{side}" for s, side in enumerate(("left", "right"))
+                               for i, lobe in enumerate(LOBES)}
+
+
+def brain_lobes(reference: Image, brain: np.ndarray | None = None) -> Image:
+    """Lobar territories (7 per hemisphere, ``LOBE_LABELS``) on ``reference``'s grid, from AAL.
+
+    AAL parcellates grey matter only; a lesion sits in white matter, so every voxel of
+    ``brain`` (default: ``reference > 0``) takes the lobe of its nearest AAL voxel — the
+    territories people report a lesion's location in. AAL is drawn on Colin27 in MNI space,
+    so it lands on an MNI152 grid by world coordinates (the standard use). Midline vermis
+    goes to the hemisphere its voxel lies in."""
+    from scipy.ndimage import distance_transform_edt
+
+    from medpipe.registration.field import sample_world
+
+    aal = colin27_aal()
+    names = aal.meta.extra["labels"]
+    lut = np.zeros(max(names) + 1, np.uint8)
+    for value, name in names.items():
+        lobe = next((i for i, (_, prefixes) in enumerate(_LOBE_OF) if name.startswith(prefixes)), None)
+        if lobe is not None:
+            side = 1 if name.endswith("_R") else 0
+            lut[value] = lobe + 1 + 7 * side
+    shape = reference.shape
+    ijk = np.moveaxis(np.indices(shape, dtype=np.float64), 0, -1)
+    world = ijk @ reference.affine[:3, :3].T + reference.affine[:3, 3]
+    picked = np.rint(sample_world(aal.array[:1].astype(np.float32), aal.affine, world, order=0)[0]).astype(np.int64)
+    lobes = lut[np.clip(picked, 0, lut.size - 1)]
+    x_world = world[..., 0]
+    vermis = np.isin(picked, [v for v, n in names.items() if n.startswith("Vermis")])
+    lobes[vermis] = np.where(x_world[vermis] > 0, 7 + 7, 7)  # RAS: +x is the patient's right
+    inside = (reference.array[0] > 0) if brain is None else np.asarray(brain, bool)
+    if lobes.any():
+        _, nearest = distance_transform_edt(lobes == 0, return_indices=True)
+        filled = lobes[tuple(nearest)]
+        lobes = np.where(inside, filled, 0).astype(np.uint8)
+    meta = ImageMeta(modality="SEG", description="lobar territories (AAL grouped by lobe, filled into white matter)",
+                     extra={"labels": dict(LOBE_LABELS)})
+    return Image(lobes[None], reference.affine.copy(), meta, is_label=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medpipe.data.brain_study import BRAIN_LABELS, brain_t1_training_case
 from medpipe.data.brain_tumour import BRATS_CHANNELS, BRATS_COLORS, BRATS_LABELS, brain_tumour_phantom
 from medpipe.data.phantoms import CT_LABELS, MR_LABELS, ct_phantom, mr_brain_phantom
 from medpipe.errors import InputError
@@ -30,6 +31,9 @@ PHANTOM_MODALITIES = {
     # BraTS-like glioma: four co-registered contrasts, labels 1 NCR / 2 ED / 3 ET
     "brats": {"make": brain_tumour_phantom, "labels": BRATS_LABELS, "channels": BRATS_CHANNELS, "shape": (64, 64, 48),
               "spacing": (2.0, 2.0, 2.0)},
+    # real T1 brains (MNI152, Colin27) warped, with a lesion: labels 1 GM / 2 WM / 3 lesion (the MRI job's bundle)
+    "brain_t1": {"make": brain_t1_training_case, "labels": BRAIN_LABELS, "channel": "T1", "shape": (80, 96, 80),
+                 "spacing": (2.0, 2.0, 2.0)},
 }  # fmt: skip
 
 

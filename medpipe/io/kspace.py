@@ -184,6 +184,11 @@ def read_kspace(path: str | Path) -> KSpace:
     try:
         f = h5py.File(path, "r")
     except OSError:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            raise InputError(f"{path} is an HDF5 file that cannot be read: it is truncated or damaged (an "
+                             "interrupted copy?); copy it again from the scanner or archive") from None
         raise InputError(f"{path} is not an HDF5 file; k-space must be fastMRI, ISMRMRD or medpipe HDF5") from None
     with f:
         if "kspace" in f:

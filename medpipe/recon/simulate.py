@@ -58,8 +58,12 @@ def birdcage_maps(shape: tuple[int, int], coils: int, rng: np.random.Generator) 
 
 
 def simulate_slice(magnitude: np.ndarray, *, coils: int = 8, snr: float = 30.0, rng: np.random.Generator,
-                   phase: np.ndarray | None = None, maps: np.ndarray | None = None) -> SimulatedSlice:
-    """Fully sampled multi-coil k-space of one slice (see the module docstring)."""
+                   phase: np.ndarray | None = None, maps: np.ndarray | None = None,
+                   sigma: float | None = None) -> SimulatedSlice:
+    """Fully sampled multi-coil k-space of one slice (see the module docstring).
+
+    ``sigma`` fixes the noise level instead of deriving it from ``snr`` (one receiver for a
+    whole stack: the same noise in every slice, however much tissue it holds)."""
     mag = np.asarray(magnitude, np.float32)
     if mag.ndim != 2:
         raise ValueError(f"simulate_slice needs a 2D magnitude image, got shape {mag.shape}")
@@ -69,7 +73,7 @@ def simulate_slice(magnitude: np.ndarray, *, coils: int = 8, snr: float = 30.0, 
     obj = mag > 0.1 * float(mag.max())
     if maps is None and obj.any():
         s = s / float(rss(s)[obj].mean())
-    sig = float(mag[obj].mean() if obj.any() else mag.mean()) / float(snr)
+    sig = float(sigma) if sigma is not None else float(mag[obj].mean() if obj.any() else mag.mean()) / float(snr)
     noise = (rng.standard_normal((coils, *mag.shape)) + 1j * rng.standard_normal((coils, *mag.shape))) * (sig / np.sqrt(2))
     ksp = (fft2c(s * img[None]) + noise).astype(np.complex64)
     return SimulatedSlice(kspace=ksp, maps=s.astype(np.complex64), reference=rss(ifft2c(ksp)).astype(np.float32),

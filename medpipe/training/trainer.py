@@ -101,6 +101,7 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 
 
 def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
+    from medpipe.data.brain_study import BRAIN_COLORS, BRAIN_LABELS
     from medpipe.data.brain_tumour import BRATS_COLORS, BRATS_LABELS
     from medpipe.data.phantoms import CT_COLORS, CT_LABELS, MR_COLORS, MR_LABELS
     from medpipe.data.synapse import SYNAPSE_COLORS
@@ -108,6 +109,8 @@ def _label_colors(names: dict[int, str]) -> dict[int, tuple[int, int, int]]:
     known = ({n: CT_COLORS[k] for k, n in CT_LABELS.items()} | {n: MR_COLORS[k] for k, n in MR_LABELS.items()}
              | SYNAPSE_COLORS)
     known |= {n: BRATS_COLORS[k] for k, n in BRATS_LABELS.items()}
+    # tissue over an MR image: coloured, not grey on grey (the MRI job's overlays)
+    known |= {n: BRAIN_COLORS[k] for k, n in BRAIN_LABELS.items()}
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
