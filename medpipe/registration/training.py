@@ -329,7 +329,12 @@ def train_registration(folder: str | Path, out: str | Path, cfg: RegTrainConfig,
     seconds = time.perf_counter() - t_start
     evaluation = {"validation": "synthetic warps of the training images (known truth)", **log[-1],
                   "train_seconds": round(seconds, 1), "threads": cfg.threads}
-    bundle = save_registration_bundle(out, model, cfg, grid, evaluation, work, atlas=(ref, ref_labels)
+    regions = None
+    if cfg.atlas and cfg.atlas.startswith("mni152"):  # an MNI brain: ship its lobar territories too
+        from medpipe.data.brains import brain_lobes
+
+        regions = brain_lobes(ref)
+    bundle = save_registration_bundle(out, model, cfg, grid, evaluation, work, atlas=(ref, ref_labels, regions)
                                       if cfg.atlas else None, overwrite=overwrite)
     return RegTrainResult(bundle, work, log, evaluation, seconds)
 

@@ -3,13 +3,15 @@ and carry the atlas labels onto the subject's own grid.
 
 The atlas image and labels come from the registration bundle (``atlas/``), so the labels
 land on exactly the input's grid (shape and affine), ready for ``statistics``, ``preview``
-and ``write`` (NIfTI, DICOM SEG) like any segmentation.
+and ``write`` (NIfTI, DICOM SEG) like any segmentation. ``atlas_set: regions`` carries the
+bundle's second label set instead (the brain atlas's lobar territories), for reporting where
+a lesion lies.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medpipe.errors import BundleError
 from medpipe.pipeline.artifacts import FieldArtifact, ImageArtifact, LabelArtifact
@@ -22,6 +24,7 @@ __all__ = ["PropagateLabels"]
 class _Params(RegisterParams):
     atlas_bundle: str = "brain_micdir"  # the bundle whose atlas/ is propagated
     label_mode: str = "onehot"
+    atlas_set: Literal["labels", "regions"] = "labels"  # which of the atlas's label sets to carry
 
 
 @register_stage
@@ -51,9 +54,13 @@ class PropagateLabels(Stage):
         if not settings.atlas_image or not settings.atlas_labels:
             raise BundleError(f"bundle {bundle.config.name} has no atlas (atlas/image.nii.gz + atlas/labels.nii.gz) "
                               "to propagate")
+        chosen = settings.atlas_labels if p.atlas_set == "labels" else settings.atlas_regions
+        if not chosen:
+            raise BundleError(f"bundle {bundle.config.name} has no atlas regions (atlas/regions.nii.gz); use "
+                              "atlas_set: labels")
         atlas = read_volume(bundle.path / settings.atlas_image)
         atlas.meta.modality = atlas.meta.modality or bundle.config.modality
-        atlas_labels = read_volume(bundle.path / settings.atlas_labels, is_label=True)
+        atlas_labels = read_volume(bundle.path / chosen, is_label=True)
         subject = inputs["image"]
         method_bundle = p.bundle or (p.atlas_bundle if p.method == bundle.config.architecture else None)
         res = register(subject, atlas, p.method, bundle=method_bundle, affine=p.affine,
