@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_out
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
 	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
 	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle \
-	train-brain-tumour-bundle \
+	train-brain-tumour-bundle demo-mri train-brain-t1-bundle bench-mri \
 	engines bench-engines docker-deps docker-check \
 	bench-server
 
@@ -48,6 +48,13 @@ system-deps:
 
 demo: setup
 	$(BIN)/python -m medpipe.demo $(DEMO_DIR)
+
+# The MRI job on a built-in example: simulated 8-coil brain k-space -> CIRIM -> tissue + lesion
+# segmentation -> atlas lobes -> volumes, DICOM MR + SEG, one-page report (docs/mri_brain.md).
+demo-mri: setup
+	$(BIN)/python -m medpipe data mri-brain $(DEMO_DIR)/mri_studies --studies 1 --overwrite
+	$(BIN)/python -m medpipe run mri_brain $(DEMO_DIR)/mri_studies -o $(DEMO_DIR)/mri_runs
+	@echo "report: $(DEMO_DIR)/mri_runs/mri_0/artifacts/report/files.files/report.pdf (and report.png)"
 
 test: setup engines
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
@@ -121,6 +128,14 @@ quantize-ct-2d-bundle: setup
 # from nothing: phantom dataset -> train -> held-out evaluation (configs/train_brain_tumour.yaml).
 train-brain-tumour-bundle: setup
 	$(BIN)/python -m medpipe.training.recipe configs/train_brain_tumour.yaml -o medpipe/bundles/brain_tumour_phantom --overwrite
+
+# Re-train the MRI job's segmentation bundle (GM / WM / lesion on T1) from the offline brains.
+train-brain-t1-bundle: setup
+	$(BIN)/python -m medpipe.training.recipe configs/train_brain_t1.yaml -o medpipe/bundles/brain_t1_lesion --overwrite
+
+# The MRI job end to end vs the reference tools (CS/BART, demons, ANTs SyN): benchmarks/RESULTS.md
+bench-mri: setup bench-registration-deps
+	$(BIN)/python benchmarks/mri_brain.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

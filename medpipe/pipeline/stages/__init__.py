@@ -26,6 +26,8 @@ _STAGE_MODULES: list[str] = [
     "recon_report",
     "write_image",
     "load_channels",
+    "region_volumes",
+    "mri_report",
 ]
 
 for _m in _STAGE_MODULES:

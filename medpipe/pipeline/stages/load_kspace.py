@@ -48,8 +48,8 @@ class LoadKSpace(Stage):
         from medpipe.recon.masks import make_mask
 
         path = Path(inputs["study"])
-        ks = read_kspace(path)
-        ks.meta["study"] = str(path)
+        ks = read_kspace(path)  # the path stays out of the k-space's metadata: the same data under
+        # another name or folder (a server's upload) must give the same artifacts
         p = self.params
         if p.undersample is not None:
             u = p.undersample

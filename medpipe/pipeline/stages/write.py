@@ -1,4 +1,8 @@
-"""``write``: export the label map as NIfTI / NRRD / DICOM SEG on the input's exact grid."""
+"""``write``: export the label map as NIfTI / NRRD / DICOM SEG on the input's exact grid.
+
+The DICOM SEG references either the loaded series (``source``: the load stage's table) or a
+series an earlier stage wrote (``series``: a ``write_image`` stage's files, e.g. the MR series
+of a reconstruction), read back here so the SEG points at exactly the files published."""
 
 from __future__ import annotations
 
@@ -74,14 +78,14 @@ class Write(Stage):
                 raise ValueError(f"required formats {missing} are not in formats {self.formats}")
             return self
 
-    inputs = {"labels": LabelArtifact, "source": TableArtifact, "reference": ImageArtifact}
-    optional_inputs = frozenset({"source", "reference"})
+    inputs = {"labels": LabelArtifact, "source": TableArtifact, "reference": ImageArtifact, "series": FilesArtifact}
+    optional_inputs = frozenset({"source", "reference", "series"})
     outputs = {"files": FilesArtifact}
     resources = StageResources(threads=1, mem_mb=3000)
 
     @classmethod
     def preflight(cls, params: StageParams, ctx: Any) -> None:
-        if "dicom_seg" in params.required:
+        if "dicom_seg" in params.required and "series" not in ctx.inputs:
             why = dicom_seg_unavailable(None, ctx.learned("source") or ({} if "source" in ctx.inputs else None))
             if why:
                 raise PipelineError(f"stage {ctx.stage!r} (write) must write a DICOM SEG for study {ctx.study!r}, "
@@ -96,6 +100,10 @@ class Write(Stage):
             raise PipelineError(f"stage {ctx.stage!r} (write): formats is empty")
         stem = Path(p.name).name
         source = inputs.get("source")
+        if inputs.get("series") is not None:
+            if source is not None:
+                raise PipelineError(f"stage {ctx.stage!r} (write): connect 'source' or 'series', not both")
+            source = self._written_series(inputs["series"], ctx)
         ref = inputs.get("reference")
         # The geometry guarantee: never write a mask that is not on the input's grid.
         if ref is not None and not (labels.shape == ref.shape and np.allclose(labels.affine, ref.affine, atol=1e-4)):
@@ -142,6 +150,19 @@ class Write(Stage):
         if skipped:
             ctx.facts["skipped_formats"] = skipped
         return {"files": files}
+
+    @staticmethod
+    def _written_series(files: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+        """The source table of a DICOM series another stage wrote (its ``dicom`` folder)."""
+        from medpipe.io.dicom import read_image
+        from medpipe.pipeline.stages.load_study import source_table
+
+        folder = files.get("dicom")
+        if folder is None:
+            raise PipelineError(f"stage {ctx.stage!r} (write): the 'series' input has no 'dicom' files (roles: "
+                                f"{', '.join(files) or 'none'}); write the image with formats [dicom]")
+        image = read_image(Path(folder))
+        return source_table(image, Path(folder))
 
     @staticmethod
     def _split(labels: Any, folder: Path, suffix: str) -> Path:
