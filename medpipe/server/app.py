@@ -9,7 +9,7 @@ Shaped after MONAI Label's (``/info``, then jobs): ::
     GET    /jobs                   every job (id, pipeline, state, progress)
     GET    /jobs/{id}              state, per-stage progress, warnings, error sentence
     DELETE /jobs/{id}              cancel a queued/running job; remove a finished one
-    GET    /jobs/{id}/result       ?format=seg.nrrd (default) | nifti | dicom_seg
+    GET    /jobs/{id}/result       ?format=seg.nrrd (default) | nifti | dicom_seg | image (the reconstruction)
 
 Security (a hospital network is not a friendly place): a bearer token on every endpoint
 but ``/health``, checked before the body is read (:class:`TokenAuth`); bodies over the
@@ -207,7 +207,7 @@ def create_app(config: ServerConfig, token: str) -> Any:
         return JSONResponse({"id": job_id, "deleted": True})
 
     @api.get("/jobs/{job_id}/result")
-    def get_result(job_id: str, format: str = Query("seg.nrrd", description="seg.nrrd, nifti or dicom_seg")) -> FileResponse:
+    def get_result(job_id: str, format: str = Query("seg.nrrd", description="seg.nrrd, nifti, dicom_seg or image")) -> FileResponse:
         record = _job(job_id)
         if format not in RESULT_FORMATS:
             raise HTTPException(422, f"unknown result format {format[:40]!r} (formats: {', '.join(RESULT_FORMATS)})")

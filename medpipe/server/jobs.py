@@ -149,7 +149,7 @@ class JobManager:
         with atomic_dir(self._dir(job_id), tmp_prefix=f".{job_id}.") as tmp:
             info = store_upload(stream, filename, tmp / "input", max_bytes=self.config.max_upload_bytes,
                                 unzipped_limit=self.config.unzipped_limit)
-            record = self._new_record(job_id, pipeline, stages, info, _STUDY)
+            record = self._new_record(job_id, pipeline, stages, info, info.get("study") or _STUDY)
             (tmp / "job.json").write_text(json.dumps(record, indent=2) + "\n")
         return self._enqueue(record)
 

@@ -4,7 +4,9 @@ The label map comes from the pipeline's ``write`` stages (the run's ``run.json``
 stages are of that kind), so any pipeline that writes a NIfTI/NRRD label map can serve all
 three formats: the NIfTI as written, the DICOM SEG if the pipeline wrote one (it needs a
 DICOM study), and a ``.seg.nrrd`` (segment names and colours from the label map's metadata)
-made on first request and kept next to the run.
+made on first request and kept next to the run. A pipeline whose input is not an image the
+client holds (raw k-space) also publishes the image the labels lie on (a ``write_image``
+stage's NIfTI: the reconstruction): format ``image``, so a viewer can show both.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from medpipe.pipeline.runner import output_files_of
 
 __all__ = ["RESULT_FORMATS", "available_formats", "result_file"]
 
-RESULT_FORMATS = ("seg.nrrd", "nifti", "dicom_seg")
+RESULT_FORMATS = ("seg.nrrd", "nifti", "dicom_seg", "image")
 
 
-def _written_files(run_dir: Path) -> list[Path]:
-    """Files of the run's result outputs that ``write``-kind stages produced."""
+def _written_files(run_dir: Path, kind: str = "write") -> list[Path]:
+    """Files of the run's result outputs that stages of ``kind`` produced."""
     try:
         record = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
@@ -28,7 +30,7 @@ def _written_files(run_dir: Path) -> list[Path]:
     kinds = {name: p.get("kind") for name, p in (record.get("params") or {}).items()}
     files = []
     for ref, paths in (record.get("outputs") or {}).items():
-        if kinds.get(ref.split(".", 1)[0]) != "write":
+        if kinds.get(ref.split(".", 1)[0]) != kind:
             continue
         files.extend(output_files_of(run_dir, paths))
     return files
@@ -46,6 +48,10 @@ def _by_format(run_dir: Path) -> dict[str, Path]:
             found.setdefault("nrrd", f)
         elif name.endswith(".dcm"):
             found.setdefault("dicom_seg", f)
+    image = next((f for f in _written_files(run_dir, "write_image") if f.name.lower().endswith((".nii.gz", ".nii"))),
+                 None)
+    if image is not None:
+        found["image"] = image
     return found
 
 
@@ -54,7 +60,7 @@ def available_formats(run_dir: Path) -> list[str]:
     out = []
     if "seg.nrrd" in found or "nifti" in found or "nrrd" in found:
         out.append("seg.nrrd")
-    out.extend(f for f in ("nifti", "dicom_seg") if f in found)
+    out.extend(f for f in ("nifti", "dicom_seg", "image") if f in found)
     return out
 
 

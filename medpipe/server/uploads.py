@@ -5,9 +5,10 @@ What a client sends is untrusted. So:
 - the body size is limited before anything is parsed (:class:`BodyLimit`, an ASGI
   middleware: ``Content-Length`` over the limit is refused at once, a chunked body is
   counted and cut off);
-- the uploaded file name only decides the *kind* (``.nii``/``.nii.gz``/``.nrrd``/``.zip``);
-  the file is stored as ``input.<suffix>`` in a fresh folder, so ``../`` or absolute names
-  never become paths; the name is kept, sanitised, for display only;
+- the uploaded file name only decides the *kind* (``.nii``/``.nii.gz``/``.nrrd``/``.zip``, or
+  ``.h5``/``.hdf5`` raw k-space); the file is stored as ``input.<suffix>`` in a fresh folder,
+  so ``../`` or absolute names never become paths; the name is kept, sanitised, for display
+  and as the study's name (``study_name``: what ``medpipe run`` would call the same file);
 - the content must match the kind (magic bytes, then a real read of the header / the zip's
   directory and its DICOM series), a zip may not claim more unpacked bytes than the limit
   (a zip bomb), and it is never extracted (medpipe reads zip members in memory);
@@ -22,10 +23,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["UploadRejected", "BodyLimit", "store_upload", "display_name", "UPLOAD_KINDS"]
+__all__ = ["UploadRejected", "BodyLimit", "store_upload", "display_name", "study_name", "UPLOAD_KINDS"]
 
 # upload suffix -> stored file name
-UPLOAD_KINDS = {".nii.gz": "input.nii.gz", ".nii": "input.nii", ".nrrd": "input.nrrd", ".zip": "input.zip"}
+UPLOAD_KINDS = {".nii.gz": "input.nii.gz", ".nii": "input.nii", ".nrrd": "input.nrrd", ".zip": "input.zip",
+                ".h5": "input.h5", ".hdf5": "input.hdf5"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CHUNK = 1 << 20
 
 
@@ -44,13 +47,27 @@ def display_name(name: str | None) -> str:
     return (re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .") or "upload")[:120]
 
 
+def study_name(name: str | None) -> str:
+    """The study name a job's run folder gets: the upload's base name without its suffix, as
+    ``medpipe run`` names the same file (so both publish the same artifacts), ``study`` when
+    nothing usable is left."""
+    base = display_name(name)
+    low = base.lower()
+    for suffix in UPLOAD_KINDS:
+        if low.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).strip("._")
+    return base[:80] or "study"
+
+
 def _kind(name: str) -> str:
     low = name.lower()
     for suffix in UPLOAD_KINDS:
         if low.endswith(suffix):
             return suffix
-    raise UploadRejected(415, f"upload {display_name(name)!r}: expected a NIfTI (.nii, .nii.gz), NRRD (.nrrd) "
-                              "or zipped DICOM series (.zip) file")
+    raise UploadRejected(415, f"upload {display_name(name)!r}: expected a NIfTI (.nii, .nii.gz), NRRD (.nrrd), "
+                              "zipped DICOM series (.zip) or k-space HDF5 (.h5, .hdf5) file")
 
 
 def _check_magic(path: Path, kind: str, shown: str) -> None:
@@ -61,6 +78,8 @@ def _check_magic(path: Path, kind: str, shown: str) -> None:
                                       or head[4:8] in (b"n+2\x00",)),
         ".nrrd": head[:4] == b"NRRD",
         ".zip": head[:4] == b"PK\x03\x04",
+        ".h5": head[:8] == _HDF5_MAGIC,
+        ".hdf5": head[:8] == _HDF5_MAGIC,
     }[kind]
     if not ok:
         raise UploadRejected(422, f"upload {shown!r} is not a {kind} file (its first bytes do not match)")
@@ -105,6 +124,17 @@ def _check_volume(path: Path, shown: str) -> dict[str, Any]:
     return {"kind": "volume", "shape": list(img.shape)}
 
 
+def _check_kspace(path: Path, shown: str) -> dict[str, Any]:
+    from medpipe.errors import MedpipeError
+    from medpipe.io.kspace import read_kspace
+
+    try:
+        ks = read_kspace(path)
+    except MedpipeError as exc:
+        raise UploadRejected(422, f"upload {shown!r}: {str(exc).replace(str(path), 'the file')}") from None
+    return {"kind": "kspace", "coils": ks.n_coils, "slices": ks.n_slices, "matrix": list(ks.matrix)}
+
+
 def store_upload(stream: BinaryIO, name: str | None, dest: Path, *, max_bytes: int, unzipped_limit: int) -> dict[str, Any]:
     """Copy ``stream`` into the new folder ``dest`` as ``input.<kind>`` and check it.
 
@@ -126,11 +156,16 @@ def store_upload(stream: BinaryIO, name: str | None, dest: Path, *, max_bytes: i
         if size == 0:
             raise UploadRejected(422, f"upload {shown!r} is empty")
         _check_magic(target, kind, shown)
-        facts = _check_zip(target, shown, unzipped_limit) if kind == ".zip" else _check_volume(target, shown)
+        if kind == ".zip":
+            facts = _check_zip(target, shown, unzipped_limit)
+        elif kind in (".h5", ".hdf5"):
+            facts = _check_kspace(target, shown)
+        else:
+            facts = _check_volume(target, shown)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return {"source": "upload", "name": shown, "file": target.name, "bytes": size, **facts}
+    return {"source": "upload", "name": shown, "file": target.name, "bytes": size, "study": study_name(name), **facts}
 
 
 class BodyLimit:

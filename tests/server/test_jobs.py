@@ -40,7 +40,7 @@ def test_info_lists_pipelines_models_and_limits(client) -> None:
     assert fast["stages"] == ["load", "seg", "write"]
     assert "ct_organs_phantom" in {m["name"] for m in info["models"]}
     assert info["workers"] == 2 and info["max_upload_bytes"] == 2**20
-    assert info["result_formats"] == ["seg.nrrd", "nifti", "dicom_seg"]
+    assert info["result_formats"] == ["seg.nrrd", "nifti", "dicom_seg", "image"]
 
 
 def test_volume_job_gives_a_named_coloured_segmentation(client, tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_volume_job_gives_a_named_coloured_segmentation(client, tmp_path: Path) 
     job = client.submit("t_fast", nrrd)
     assert job["state"] == "queued" and job["input"] == {
         "source": "upload", "name": "ct.nrrd", "file": "input.nrrd", "bytes": nrrd.stat().st_size,
-        "kind": "volume", "shape": [32, 32, 24]}
+        "study": "ct", "kind": "volume", "shape": [32, 32, 24]}
     done = client.wait(job["id"], poll_s=0.3, timeout=120, on_progress=seen.append)
     assert done["state"] == "done", done
     assert {s["status"] for s in done["stages"].values()} == {"done"} and done["progress"] == 1.0
@@ -115,7 +115,7 @@ def test_crashed_job_is_one_failed_job_and_the_server_goes_on(client, server, ni
     assert job["failed_stage"] == "seg" and job["error"] == "worker process died with exit code 7"
     assert job["stages"]["seg"]["status"] == "failed" and job["stages"]["write"]["status"] == "skipped"
     assert server.proc.poll() is None and client.health()
-    run = json.loads((server.state / "jobs" / job["id"] / "run" / "study" / "run.json").read_text())
+    run = json.loads((server.state / "jobs" / job["id"] / "run" / job["study"] / "run.json").read_text())
     assert run["status"] == "failed" and run["error"]["message"] == "worker process died with exit code 7"
     from medpipe_slicer import ServerError
 
@@ -134,7 +134,7 @@ def test_cancel_a_running_job_then_delete_it(client, server, nifti_study: Path) 
     final = client.wait(job["id"], poll_s=0.3, timeout=60)
     assert final["state"] == "cancelled" and final["error"] == "cancelled by the client"
     assert final["results"] == []
-    run_dir = server.state / "jobs" / job["id"] / "run" / "study"
+    run_dir = server.state / "jobs" / job["id"] / "run" / final["study"]
     assert not list((run_dir / "artifacts").glob(".*.tmp-*"))  # the killed stage left nothing half-written
     assert client.cancel(job["id"]) == {"id": job["id"], "deleted": True}
     assert not (server.state / "jobs" / job["id"]).exists()
@@ -171,7 +171,7 @@ def test_results_and_queue_survive_a_restart(tmp_path: Path, nifti_study: Path) 
         for job_id in (slow["id"], queued["id"]):
             final = c.wait(job_id, poll_s=0.3, timeout=180)
             assert final["state"] == "done" and final["requeued"] == 1, final
-        run = json.loads((tmp_path / "state" / "jobs" / slow["id"] / "run" / "study" / "run.json").read_text())
+        run = json.loads((tmp_path / "state" / "jobs" / slow["id"] / "run" / slow["study"] / "run.json").read_text())
         assert run["stages"]["load"]["status"] == "cached"  # resumed, not recomputed
     finally:
         second.stop()

@@ -8,6 +8,7 @@ import stat
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -121,6 +122,9 @@ def test_corrupt_uploads_get_a_clear_4xx(server, nifti_study: Path) -> None:
     _refused(server, "series.zip", buf.getvalue(), 422, "no DICOM image series found in the archive")
     _refused(server, "script.sh", b"#!/bin/sh\nrm -rf /\n", 415, "expected a NIfTI (.nii, .nii.gz), NRRD")
     _refused(server, "empty.nii.gz", b"", 422, "is empty")
+    _refused(server, "raw.h5", b"not hdf5" * 50, 422, "is not a .h5 file")
+    _refused(server, "raw.h5", b"\x89HDF\r\n\x1a\n" + bytes(400), 422,
+             "is an HDF5 file that cannot be read: it is truncated or damaged")
 
 
 def test_zip_bomb_is_refused(server) -> None:
@@ -147,3 +151,18 @@ def test_bad_requests_name_the_problem(server, nifti_study: Path) -> None:
     assert r.status_code == 404
     r = requests.get(f"{server.url}/jobs/not-a-job-id", headers=auth, timeout=10)
     assert r.status_code == 404 and "job ids are 32 hexadecimal characters" in r.json()["detail"]
+
+
+def test_a_kspace_upload_is_checked_and_names_its_study(server, tmp_path: Path) -> None:
+    from medpipe.io.kspace import KSpace, axial_affine, write_kspace
+
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((2, 3, 16, 16)) + 1j * rng.standard_normal((2, 3, 16, 16))).astype(np.complex64)
+    path = write_kspace(KSpace(data, np.ones((1, 1, 16), bool), axial_affine(16, 16, 3)), tmp_path / "Head Scan.h5")
+    r = requests.post(f"{server.url}/jobs", headers=_auth(server), data={"pipeline": "t_fast"},
+                      files={"file": (path.name, path.read_bytes())}, timeout=30)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["input"]["kind"] == "kspace" and job["input"]["coils"] == 2 and job["study"] == "Head_Scan"
+    assert [p.name for p in (server.state / "jobs" / job["id"] / "input").iterdir()] == ["input.h5"]
+    requests.delete(f"{server.url}/jobs/{job['id']}", headers=_auth(server), timeout=10)

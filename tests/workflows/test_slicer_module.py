@@ -193,3 +193,35 @@ def test_module_files_are_what_slicer_expects() -> None:
     assert {x.replace("${MODULE_NAME}", "MedPipe") for x in listed} == on_disk | {"MedPipe.py"}
     assert "slicerMacroBuildScriptedModule" in cmake and "add_subdirectory(MedPipe)" in (
         SLICER_MODULE.parent / "CMakeLists.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_kspace_file_comes_back_as_the_reconstruction_with_its_labels(tmp_path: Path) -> None:
+    """What the module's "Raw data file" does: a k-space .h5 to a real server running mri_brain;
+    the reconstruction becomes a volume node and the labels a segmentation on its grid."""
+    from medpipe_slicer import MedPipeClient
+    from medpipe_slicer.mrml import load_file_job, segments_of
+    from services import REPO, MedpipeServer
+
+    from medpipe.data.mri_brain_studies import write_mri_brain_study
+
+    study = write_mri_brain_study(tmp_path / "in", "brain", seed=3, matrix=48, pixel_mm=4.0, slices=14,
+                                  slice_mm=8.0)["file"]
+    srv = MedpipeServer(tmp_path / "state", REPO / "pipelines", max_upload_mb=16, stage_module=None).start()
+    try:
+        client = MedPipeClient(srv.url, srv.token, timeout=120)
+        job = client.wait(client.submit("mri_brain", study)["id"], poll_s=0.5, timeout=900)
+        assert job["state"] == "done" and job["study"] == "brain", job
+        assert job["results"] == ["seg.nrrd", "nifti", "image"]
+        scene = slicer.vtkMRMLScene()
+        volume, seg = load_file_job(client, job, tmp_path / "dl", scene, "brain mri_brain")
+    finally:
+        srv.stop()
+    recon = read_volume(srv.state / "jobs" / job["id"] / "run" / "brain" / "artifacts" / "cirim" / "image.nii.gz")
+    assert tuple(volume.GetImageData().GetDimensions()) == recon.shape
+    m = volume.GetIJKToRASMatrix()
+    assert np.allclose([[m.GetElement(r, c) for c in range(4)] for r in range(4)], recon.affine, atol=1e-4)
+    assert [s["name"] for s in segments_of(seg)] == ["grey_matter", "white_matter", "lesion"]
+    geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
+    numbers = [float(x) for x in geometry.strip(";").split(";")]
+    assert np.allclose(np.array(numbers[:16]).reshape(4, 4), recon.affine, atol=1e-4)

@@ -16,7 +16,7 @@ import qt
 import slicer
 from medpipe_slicer import LocalRun, LocalRunError, MedPipeClient, ServerError, zip_dicom_files
 from medpipe_slicer.local import describe_event
-from medpipe_slicer.mrml import dicom_files_of, load_segmentation, save_volume, segments_of
+from medpipe_slicer.mrml import dicom_files_of, load_file_job, load_segmentation, save_volume, segments_of
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -63,6 +63,20 @@ class MedPipeLogic(ScriptedLoadableModuleLogic):
             result = client.download(job["id"], folder / "result.seg.nrrd")
             return load_segmentation(result, volume_node, f"{volume_node.GetName()} {pipeline}"), job
 
+    def run_file_on_server(self, path: str, url: str, token: str, pipeline: str, on_progress=None,
+                           should_cancel=None):
+        """A file Slicer cannot load itself (raw k-space, .h5): the server reconstructs it; the
+        reconstruction comes back as a volume, the labels as a segmentation on it."""
+        client = MedPipeClient(url, token)
+        with tempfile.TemporaryDirectory(prefix="medpipe-slicer-") as tmp:
+            job = client.submit(pipeline, path)
+            job = client.wait(job["id"], poll_s=0.5, on_progress=on_progress, should_cancel=should_cancel)
+            if job["state"] != "done":
+                raise ServerError(0, f"the job {job['state']}: {job.get('error') or 'no reason given'}")
+            volume, seg = load_file_job(client, job, tmp, slicer.mrmlScene, f"{Path(path).name.split('.')[0]} {pipeline}")
+        slicer.util.setSliceViewerLayers(background=volume)
+        return seg, job
+
     def run_locally(self, volume_node, python: str, pipeline: str, out_dir: str, on_event=None, run_holder=None):
         with tempfile.TemporaryDirectory(prefix="medpipe-slicer-") as tmp:
             source = self._input_file(volume_node, Path(tmp))
@@ -95,6 +109,10 @@ class MedPipeWidget(ScriptedLoadableModuleWidget):
         self.volumeSelector.noneEnabled = False
         self.volumeSelector.setMRMLScene(slicer.mrmlScene)
         form.addRow("Input volume:", self.volumeSelector)
+        self.fileEdit = qt.QLineEdit(settings.value(f"{_SETTINGS}/rawFile", ""))
+        self.fileEdit.placeholderText = "or a raw k-space file (.h5) for a pipeline such as mri_brain (server mode)"
+        self.fileEdit.toolTip = "When set, this file is sent instead of the volume; the result image comes back too"
+        form.addRow("Raw data file:", self.fileEdit)
 
         self.modeSelector = qt.QComboBox()
         self.modeSelector.addItems(["server", "local"])
@@ -146,6 +164,7 @@ class MedPipeWidget(ScriptedLoadableModuleWidget):
         settings.setValue(f"{_SETTINGS}/token", self.tokenEdit.text)
         settings.setValue(f"{_SETTINGS}/python", self.pythonEdit.text)
         settings.setValue(f"{_SETTINGS}/pipeline", self.pipelineSelector.currentText)
+        settings.setValue(f"{_SETTINGS}/rawFile", self.fileEdit.text)
 
     def _status(self, text, fraction=None):
         self.statusLabel.text = text
@@ -183,8 +202,12 @@ class MedPipeWidget(ScriptedLoadableModuleWidget):
             self._status(line)
 
     def onRun(self):
+        raw = self.fileEdit.text.strip()
         volume = self.volumeSelector.currentNode()
-        if volume is None:
+        if raw and self.modeSelector.currentText != "server":
+            self._status("error: raw data files run on a server (choose 'server')")
+            return
+        if volume is None and not raw:
             self._status("error: choose an input volume")
             return
         self._remember()
@@ -194,7 +217,10 @@ class MedPipeWidget(ScriptedLoadableModuleWidget):
         self.cancelButton.enabled = True
         pipeline = self.pipelineSelector.currentText
         try:
-            if self.modeSelector.currentText == "server":
+            if raw:
+                seg, _ = self.logic.run_file_on_server(raw, self.serverEdit.text, self.tokenEdit.text, pipeline,
+                                                       on_progress=self._on_job, should_cancel=lambda: self._cancel)
+            elif self.modeSelector.currentText == "server":
                 seg, _ = self.logic.run_on_server(volume, self.serverEdit.text, self.tokenEdit.text, pipeline,
                                                   on_progress=self._on_job, should_cancel=lambda: self._cancel)
             else:

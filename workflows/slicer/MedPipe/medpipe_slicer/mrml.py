@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save_volume", "load_segmentation", "segments_of", "dicom_files_of"]
+__all__ = ["save_volume", "load_volume", "load_segmentation", "load_file_job", "segments_of", "dicom_files_of"]
 
 
 def _slicer() -> Any:
@@ -43,6 +43,32 @@ def _sh_item(sh: Any, node: Any) -> int:
     if not item:  # headless MRML has no subject hierarchy plugins creating items
         item = sh.CreateItem(sh.GetSceneItemID(), node)
     return item
+
+
+def load_volume(path: str | Path, scene: Any, name: str | None = None) -> Any:
+    """A new scalar volume node read from ``path`` (a result image, e.g. a reconstruction)."""
+    path = Path(path)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise OSError(f"Slicer could not read the volume {path}")
+    scene.RemoveNode(storage)
+    return node
+
+
+def load_file_job(client: Any, job: dict[str, Any], folder: str | Path, scene: Any, name: str) -> tuple[Any, Any]:
+    """A done job started on a file Slicer cannot show (raw k-space): its image (the
+    reconstruction) as a new volume node and its segmentation tied to that volume."""
+    folder = Path(folder)
+    if "image" not in job.get("results", []):
+        raise OSError(f"the job's pipeline publishes no image to show the labels on (results: "
+                      f"{', '.join(job.get('results', [])) or 'none'}); add a write_image stage to it")
+    volume = load_volume(client.download(job["id"], folder / "image.nii.gz", fmt="image"), scene, name)
+    seg = load_segmentation(client.download(job["id"], folder / "result.seg.nrrd"), volume, f"{name} labels")
+    return volume, seg
 
 
 def load_segmentation(path: str | Path, reference_volume: Any, name: str | None = None) -> Any:
