@@ -100,7 +100,7 @@ def _through_server(srv, proc, studies: dict[str, Path], out: Path) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    runs = [json.loads((srv.state / "jobs" / j["id"] / "run" / "study" / "run.json").read_text())
+    runs = [json.loads((srv.state / "jobs" / j["id"] / "run" / j["study"] / "run.json").read_text())
             for j in jobs.values()]
     return {"wall": wall, "jobs": jobs, "errors": errors, "turnaround": list(turnaround.values()),
             "runs": [r["duration_s"] for r in runs], "child_peak": max((r.get("peak_rss_mb") or 0) for r in runs),

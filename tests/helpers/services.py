@@ -83,7 +83,8 @@ class MedpipeServer:
     """``python -m medpipe serve`` in its own process."""
 
     def __init__(self, state: Path, pipelines: Path, *, workers: int = 1, max_upload_mb: float = 4.0,
-                 extra: list[str] | None = None, stage_module: str | None = "server_test_stages") -> None:
+                 extra: list[str] | None = None, stage_module: str | None = "server_test_stages",
+                 env: dict[str, str] | None = None) -> None:
         self.state = state
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,6 +93,8 @@ class MedpipeServer:
                     "--workers", str(workers), "--max-upload-mb", str(max_upload_mb),
                     *(["--stage-module", stage_module] if stage_module else []), *(extra or [])]
         self.env = subprocess_env(pipelines)
+        if env:  # e.g. the thread count and cache the other engines of a comparison run with
+            self.env.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> MedpipeServer:
