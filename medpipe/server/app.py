@@ -38,7 +38,8 @@ from medpipe.server.config import ServerConfig
 __all__ = ["create_app", "TokenAuth"]
 
 _PUBLIC_PATHS = ("/health",)
-_MEDIA = {"seg.nrrd": "application/octet-stream", "nifti": "application/gzip", "dicom_seg": "application/dicom"}
+_MEDIA = {"seg.nrrd": "application/octet-stream", "nifti": "application/gzip", "dicom_seg": "application/dicom",
+          "image": "application/gzip"}
 
 
 class TokenAuth:

@@ -212,14 +212,17 @@ def test_a_kspace_file_comes_back_as_the_reconstruction_with_its_labels(tmp_path
         client = MedPipeClient(srv.url, srv.token, timeout=120)
         job = client.wait(client.submit("mri_brain", study)["id"], poll_s=0.5, timeout=900)
         assert job["state"] == "done" and job["study"] == "brain", job
-        assert job["results"] == ["seg.nrrd", "nifti", "image"]
+        assert job["results"] == ["seg.nrrd", "nifti", "dicom_seg", "image"]
         scene = slicer.vtkMRMLScene()
         volume, seg = load_file_job(client, job, tmp_path / "dl", scene, "brain mri_brain")
     finally:
         srv.stop()
     recon = read_volume(srv.state / "jobs" / job["id"] / "run" / "brain" / "artifacts" / "cirim" / "image.nii.gz")
     assert tuple(volume.GetImageData().GetDimensions()) == recon.shape
-    m = volume.GetIJKToRASMatrix()
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
     assert np.allclose([[m.GetElement(r, c) for c in range(4)] for r in range(4)], recon.affine, atol=1e-4)
     assert [s["name"] for s in segments_of(seg)] == ["grey_matter", "white_matter", "lesion"]
     geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
