@@ -35,8 +35,9 @@ def test_mri_brain_gives_identical_artifacts_under_every_engine(tmp_path: Path) 
 
     # the broken study: one sentence naming the file, under every engine, and nothing else failed
     rec = json.loads((res["outs"]["medpipe run"] / "mri_3" / "run.json").read_text())
-    assert rec["status"] == "failed" and rec["failed_stage"] == "load"
-    assert "mri_3.h5 is an HDF5 file that cannot be read: it is truncated or damaged" in rec["error"]
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "load"
+    assert "mri_3.h5 is an HDF5 file that cannot be read: it is truncated or damaged" in rec["error"]["message"]
+    assert {s["status"] for name, s in rec["stages"].items() if name != "load"} == {"skipped"}
     states = res["airflow"]["states"]
     assert states["study.load"]["3"] == "failed" and states["study.report"]["3"] == "upstream_failed"
     assert {states["study.report"][str(i)] for i in range(3)} == {"success"}
