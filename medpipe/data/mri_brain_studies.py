@@ -2,7 +2,8 @@
 
 Each study is one medpipe k-space HDF5 file (``<name>.h5``, fully sampled: the pipeline
 undersamples it retrospectively, as fastMRI evaluates) of a contiguous axial stack through a
-whole brain (``medpipe.data.brain_study``: a warped real T1 with a lesion), simulated the way
+whole brain (``medpipe.data.brain_study``: a warped real T1 with a lesion) at 1 mm in-plane (a
+clinical T1's resolution, and the CIRIM bundle's), simulated the way
 one acquisition is: one birdcage coil array for every slice, one smooth phase map drifting
 slowly from slice to slice, complex Gaussian noise at ``snr`` (``medpipe.recon.simulate``).
 The truth goes beside the studies, never among them (a study folder holds studies only):
@@ -27,7 +28,7 @@ __all__ = ["write_mri_brain_study", "write_mri_brain_studies", "BROKEN_KINDS"]
 BROKEN_KINDS = ("truncated", "coils")  # a cut-off HDF5 file; a 12-coil file the 8-coil bundle refuses
 
 
-def write_mri_brain_study(out_dir: str | Path, name: str, *, seed: int = 0, matrix: int = 96, pixel_mm: float = 2.0,
+def write_mri_brain_study(out_dir: str | Path, name: str, *, seed: int = 0, matrix: int = 192, pixel_mm: float = 1.0,
                           slices: int = 52, slice_mm: float = 3.0, coils: int = 8, snr: float = 30.0,
                           truth_dir: str | Path | None = None, source: str | None = None,
                           overwrite: bool = False) -> dict[str, Any]:
@@ -73,8 +74,8 @@ def write_mri_brain_study(out_dir: str | Path, name: str, *, seed: int = 0, matr
             "modality": "MR", "patient_id": f"SIM-{name.upper()}", "description": f"medpipe simulated brain ({name})",
             "lesion": bool(labels.array.max() >= 3)}
     data = np.stack(kspace, 1)
-    ks = KSpace(data, np.ones((1, 1, matrix), bool), aff, None, np.repeat(maps[:, None], slices, 1), np.stack(refs),
-                meta)
+    # the true coil maps are not stored (an acquisition has none; they would double the file)
+    ks = KSpace(data, np.ones((1, 1, matrix), bool), aff, None, None, np.stack(refs), meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_kspace(ks, out, overwrite=overwrite)
     truth = None
