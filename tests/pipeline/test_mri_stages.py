@@ -63,3 +63,25 @@ def test_the_report_is_one_png_and_one_pdf_with_the_same_bytes_every_time(tmp_pa
     assert a["png"].read_bytes() == b["png"].read_bytes() and a["pdf"].read_bytes() == b["pdf"].read_bytes()
     with pytest.raises(GeometryError, match="atlas regions"):
         render_mri_report(tmp_path / "c", recon, labels, regions.with_geometry(regions.array, np.eye(4)), stats)
+
+
+@pytest.mark.slow
+def test_the_mri_job_resumes_without_recomputing_and_keeps_its_bytes(tmp_path: Path) -> None:
+    """A second run of a finished study recomputes nothing; the published files stay the same."""
+    import json
+
+    from medpipe.data.mri_brain_studies import write_mri_brain_study
+    from medpipe.pipeline.provenance import published_hashes
+    from medpipe.pipeline.runner import run_pipeline
+
+    study = write_mri_brain_study(tmp_path / "in", "scan", seed=5, matrix=48, pixel_mm=4.0, slices=12,
+                                  slice_mm=8.0)["file"]
+    first = run_pipeline("mri_brain", study, tmp_path / "runs")
+    assert first.ok, first.error
+    before = published_hashes(tmp_path / "runs" / "scan")
+    again = run_pipeline("mri_brain", study, tmp_path / "runs")
+    rec = json.loads((tmp_path / "runs" / "scan" / "run.json").read_text())
+    assert again.ok and set(again.stages.values()) == {"cached"} and len(again.stages) == 13
+    assert published_hashes(tmp_path / "runs" / "scan") == before
+    assert any("trained on 1 mm pixels; this k-space has 4 x 4 mm pixels" in w for w in first.warnings)
+    assert rec["status"] == "done"

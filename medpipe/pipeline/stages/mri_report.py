@@ -111,6 +111,14 @@ def render_mri_report(out_dir: Path, reconstruction: Image, labels: Image, regio
     panels.append(("segmentation", view(recon), view(_axial(labels)[0]).astype(np.int64)))
     if regions is not None:
         panels.append(("atlas regions", view(recon), view(_axial(regions)[0]).astype(np.int64)))
+    # crop every panel to the brain on this slice (its labels, a margin of 6 % of the field of view)
+    seg_view = view(_axial(labels)[0])
+    if seg_view.any():
+        rows, cols = np.nonzero(seg_view)
+        pad = int(0.06 * max(seg_view.shape))
+        r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, seg_view.shape[0])
+        c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, seg_view.shape[1])
+        panels = [(cap, img[r0:r1, c0:c1], None if lab is None else lab[r0:r1, c0:c1]) for cap, img, lab in panels]
     fig = plt.figure(figsize=(11.69, 8.27), dpi=100, facecolor="white")
     fig.suptitle(title or "medpipe MRI brain report", fontsize=13, x=0.02, ha="left")
     width = 0.96 / len(panels)
