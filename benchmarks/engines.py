@@ -121,7 +121,6 @@ def run_airflow(studies: Path, out: Path, env: dict[str, str], pipeline: str = "
     result = json.loads(lines[-1].removeprefix("RESULT "))
     if result["state"] != "success" and not allow_failures:
         raise RuntimeError(f"the {pipeline} DAG run ended {result['state']}: {result['states']}\n{proc.stdout[-4000:]}")
-    result["log"] = proc.stdout[-20000:]
     return took, result
 
 
@@ -129,8 +128,6 @@ def run_server(pipeline: str, studies: Path, out: Path, env: dict[str, str], sta
     """Every study uploaded to one ``medpipe serve`` (the Slicer module's client), one after
     another; each finished job's run folder is copied to ``out/<study>`` for comparison.
     Returns (wall time, {study: job record or {"refused": message}})."""
-    import shutil as _shutil
-
     sys.path.insert(0, str(REPO / "tests" / "helpers"))
     sys.path.insert(0, str(REPO / "workflows" / "slicer" / "MedPipe"))
     from medpipe_slicer import MedPipeClient, ServerError
@@ -152,7 +149,7 @@ def run_server(pipeline: str, studies: Path, out: Path, env: dict[str, str], sta
                 continue
             records[name] = client.wait(job["id"], poll_s=0.5, timeout=3600)
             run_dir = state / "jobs" / job["id"] / "run" / records[name]["study"]
-            _shutil.copytree(run_dir, out / records[name]["study"])
+            shutil.copytree(run_dir, out / records[name]["study"])
     finally:
         srv.stop()
     return time.perf_counter() - t0, records

@@ -51,7 +51,7 @@ def _seg_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {name: _dice(pred == v, truth == v) for v, name in LABELS.items()}
 
 
-def _recon_images(ks, cirim_image, bart: bool) -> dict[str, tuple]:
+def _recon_images(ks, cirim_image, cirim_seconds: float, bart: bool) -> dict[str, tuple]:
     """method -> (Image, seconds) for every reconstruction compared (CIRIM from the pipeline run)."""
     import shutil
 
@@ -63,7 +63,7 @@ def _recon_images(ks, cirim_image, bart: bool) -> dict[str, tuple]:
         res = reconstruct(ks, method)
         out[{"rss": "zero-filled", "cs": "CS (sigpy)", "bart": "CS (BART pics)"}[method]] = (
             to_image(ks, res.magnitude, method), time.perf_counter() - t0)
-    out["CIRIM"] = (cirim_image, None)
+    out["CIRIM"] = (cirim_image, cirim_seconds)
     return out
 
 
@@ -149,8 +149,7 @@ def main() -> None:
         art = work / "runs" / name / "artifacts"
         cirim = read_volume(art / "cirim" / "image.nii.gz")
         cirim.meta.modality = "MR"
-        recons = _recon_images(ks, cirim, args.bart)
-        recons["CIRIM"] = (cirim, run["stages"]["cirim"]["duration_s"])
+        recons = _recon_images(ks, cirim, run["stages"]["cirim"]["duration_s"], args.bart)
         ref = ks.reference
         for method, (img, seconds) in recons.items():
             vol = np.transpose(img.array[0], (2, 1, 0))

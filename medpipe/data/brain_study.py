@@ -29,7 +29,8 @@ import numpy as np
 
 from medpipe.image import Image, ImageMeta
 
-__all__ = ["BRAIN_LABELS", "BRAIN_COLORS", "BRAIN_SOURCES", "brain_lesion_volume", "brain_t1_training_case"]
+__all__ = ["BRAIN_LABELS", "BRAIN_COLORS", "BRAIN_SOURCES", "brain_centre", "brain_lesion_volume",
+           "brain_t1_training_case"]
 
 BRAIN_LABELS: dict[int, str] = {1: "grey_matter", 2: "white_matter", 3: "lesion"}
 BRAIN_COLORS: dict[int, tuple[int, int, int]] = {1: (90, 140, 230), 2: (245, 245, 200), 3: (255, 60, 60)}
@@ -50,6 +51,19 @@ def _source(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if lab.shape != arr.shape:  # colin27's labels are resampled separately: same grid by construction
         raise ValueError(f"{name}: tissue labels {lab.shape} and T1 {arr.shape} differ")
     return arr, lab, t1.affine.copy()
+
+
+def _source_name(seed: int, source: str | None) -> str:
+    name = source or BRAIN_SOURCES[seed % 2]
+    if name not in BRAIN_SOURCES:
+        raise ValueError(f"source must be one of {BRAIN_SOURCES}, got {name!r}")
+    return name
+
+
+def brain_centre(seed: int = 0, source: str | None = None) -> np.ndarray:
+    """World (RAS mm) centroid of the source brain a case of ``seed`` is made from."""
+    _, lab, aff = _source(_source_name(seed, source))
+    return aff[:3, :3] @ np.argwhere(lab > 0).mean(0) + aff[:3, 3]
 
 
 def _grid_world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
@@ -130,19 +144,17 @@ def brain_lesion_volume(
     ``source`` defaults to MNI152 for even seeds and Colin27 for odd ones; ``lesion``
     defaults to a lesion in 5 of 6 cases (``vary``) or always. No noise is added: k-space
     simulation adds its own, training augmentation its own."""
-    name = source or BRAIN_SOURCES[seed % 2]
-    if name not in BRAIN_SOURCES:
-        raise ValueError(f"source must be one of {BRAIN_SOURCES}, got {name!r}")
+    name = _source_name(seed, source)
     src, src_lab, src_aff = _source(name)
     rng = np.random.default_rng([seed, 41])
-    brain_centre = src_aff[:3, :3] @ (np.argwhere(src_lab > 0).mean(0)) + src_aff[:3, 3]
+    centre = brain_centre(seed, name)
     if affine is None:
         sp = np.asarray(spacing, float)
         affine = np.diag([*sp, 1.0])
-        affine[:3, 3] = brain_centre - sp * (np.asarray(shape) - 1) / 2.0
+        affine[:3, 3] = centre - sp * (np.asarray(shape) - 1) / 2.0
     affine = np.asarray(affine, float)
     world = _grid_world(tuple(shape), affine)
-    src_pts = _random_warp(world, brain_centre, rng) if vary else world
+    src_pts = _random_warp(world, centre, rng) if vary else world
     t1 = _sample(src, src_aff, src_pts, order=1).astype(np.float32)
     onehot = [_sample((src_lab == v).astype(np.float32), src_aff, src_pts, order=1) for v in (0, 1, 2)]
     tissue = np.argmax(np.stack(onehot), 0).astype(np.uint8)
@@ -186,6 +198,8 @@ def brain_t1_training_case(
     (0-0.8 voxel), drawn per case, so the network sees the images the MRI job feeds it."""
     from scipy.ndimage import gaussian_filter
 
+    from medpipe.data.phantoms import _rician
+
     image, labels = brain_lesion_volume(shape, spacing, seed, affine=affine, vary=vary)
     rng = np.random.default_rng([seed, 43])
     arr = image.array[0]
@@ -193,8 +207,6 @@ def brain_t1_training_case(
     if blur > 0.05:
         arr = gaussian_filter(arr, blur)
     sigma = rng.uniform(0.01, 0.06) if vary else 0.03
-    n1 = rng.standard_normal(arr.shape, dtype=np.float32) * sigma
-    n2 = rng.standard_normal(arr.shape, dtype=np.float32) * sigma
-    arr = np.sqrt((arr + n1) ** 2 + n2**2).astype(np.float32)  # magnitude images: Rician, background too
+    arr = _rician(arr, sigma, rng)  # magnitude images: Rician, background too
     image.meta.extra.update(noise_sigma=round(float(sigma), 4), blur_voxels=round(float(blur), 3))
     return image.with_array(arr[None]), labels

@@ -32,6 +32,7 @@ from medpipe.data.phantoms import (
     _check_shape,
     _coords,
     _jitter,
+    _rician,
     _scale,
     _smooth,
     mr_brain_phantom,
@@ -127,9 +128,7 @@ def brain_tumour_phantom(
         bias = 1.0 + 0.1 * b[0] * u + 0.08 * b[1] * v + 0.08 * b[2] * w
         sigma = np.float32(_scale(vr, 0.025, 0.4) if vary else 0.025)
         s = 1000.0 * signal * bias
-        n1 = noise_rng.standard_normal(shape, dtype=np.float32) * sigma * 1000.0
-        n2 = noise_rng.standard_normal(shape, dtype=np.float32) * sigma * 1000.0
-        mag = np.sqrt((s + n1) ** 2 + n2**2).astype(np.float32)
+        mag = _rician(s, sigma, noise_rng, scale=1000.0)
         channels.append(np.where(brain, mag, 0.0).astype(np.float32))  # skull-stripped like BraTS
     aff = tissue_img.affine.copy()
     meta = ImageMeta(modality="MR", description="medpipe BraTS-like brain tumour phantom (T1, T1c, T2, FLAIR)",

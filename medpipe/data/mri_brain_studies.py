@@ -33,7 +33,7 @@ def write_mri_brain_study(out_dir: str | Path, name: str, *, seed: int = 0, matr
                           truth_dir: str | Path | None = None, source: str | None = None,
                           overwrite: bool = False) -> dict[str, Any]:
     """Simulate and write one study; returns the k-space file, the truth file and the case facts."""
-    from medpipe.data.brain_study import brain_lesion_volume
+    from medpipe.data.brain_study import brain_centre, brain_lesion_volume
     from medpipe.io.kspace import KSpace, axial_affine, write_kspace
     from medpipe.io.volumes import write_volume
     from medpipe.recon.simulate import birdcage_maps, simulate_slice, smooth_phase
@@ -46,9 +46,7 @@ def write_mri_brain_study(out_dir: str | Path, name: str, *, seed: int = 0, matr
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     # the grid: RAS affine of an axial series centred on the brain (the acquisition's own grid)
-    probe, _ = brain_lesion_volume((8, 8, 8), (1.0, 1.0, 1.0), seed, vary=False, source=source, lesion=False)
-    centre = probe.affine[:3, :3] @ np.array([3.5, 3.5, 3.5]) + probe.affine[:3, 3]
-    aff = axial_affine(matrix, matrix, slices, (pixel_mm, pixel_mm), slice_mm, centre=tuple(centre))
+    aff = axial_affine(matrix, matrix, slices, (pixel_mm, pixel_mm), slice_mm, centre=tuple(brain_centre(seed, source)))
     image, labels = brain_lesion_volume((matrix, matrix, slices), affine=aff, seed=seed, vary=True, source=source,
                                         lesion=True)
     vol = image.array[0]  # (cols, rows, slices) on the k-space grid

@@ -100,6 +100,16 @@ def _axes(coords: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.nd
     return u[:, None, None], v[None, :, None], w[None, None, :]
 
 
+def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """The magnitude of ``signal`` plus complex Gaussian noise of standard deviation ``sigma * scale``
+    per channel (real part drawn first): what an MR magnitude image is, background included."""
+    n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    n2 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    if scale != 1.0:
+        n1, n2 = n1 * scale, n2 * scale
+    return np.sqrt((signal + n1) ** 2 + n2**2).astype(np.float32)
+
+
 def _smooth(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Binomial [1, 2, 1] / 4 filter along ``axes`` (partial-volume blur, noise correlation)."""
     for ax in axes:
@@ -364,9 +374,7 @@ def mr_brain_phantom(
     bias = 1.0 + 0.1 * b[0] * u + 0.08 * b[1] * v + 0.08 * b[2] * w + 0.06 * b[3] * u * w
     signal = 1000.0 * t1 * bias
     sigma = np.float32(_scale(vr, 22.0, 0.4) if vary else 22.0)
-    n1 = noise_rng.standard_normal(shape, dtype=np.float32) * sigma
-    n2 = noise_rng.standard_normal(shape, dtype=np.float32) * sigma
-    mag = np.sqrt((signal + n1) ** 2 + n2**2).astype(np.float32)  # Rician magnitude
+    mag = _rician(signal, sigma, noise_rng)
 
     aff = default_affine(shape, spacing, z0=-40.0) if affine is None else np.asarray(affine, dtype=np.float64)
     mr_meta = ImageMeta(modality="MR", description="medpipe T1 brain phantom", extra={"phantom_seed": int(seed)})

@@ -49,6 +49,7 @@ from medpipe.pipeline.provenance import (
 )
 from medpipe.pipeline.spec import PipelineSpec, load_pipeline
 from medpipe.pipeline.stage import StageContext
+from medpipe.threads import stage_threads
 
 __all__ = ["RunResult", "run_pipeline", "run_stage", "study_name_of", "EventSink", "output_files_of"]
 
@@ -287,8 +288,6 @@ class _StudyRun:
             ctx = StageContext(stage=stage, workdir=workdir, study=self.study, device=self.device, tracker=tracker)
             inputs = {port: self.value(ref) for port, ref in st.inputs.items()}
             instance = self.spec.build_stage(stage)
-            from medpipe.threads import stage_threads
-
             # what a scheduler grants this stage, so every engine computes it with the same threads
             with stage_threads(self.spec.stage_resources(stage).threads), PeakMemory() as mem:
                 result = instance.run(inputs, ctx)

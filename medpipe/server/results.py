@@ -21,24 +21,23 @@ __all__ = ["RESULT_FORMATS", "available_formats", "result_file"]
 RESULT_FORMATS = ("seg.nrrd", "nifti", "dicom_seg", "image")
 
 
-def _written_files(run_dir: Path, kind: str = "write") -> list[Path]:
-    """Files of the run's result outputs that stages of ``kind`` produced."""
+def _written_files(run_dir: Path) -> dict[str, list[Path]]:
+    """Files of the run's result outputs, by the kind of stage that produced them (one read of run.json)."""
     try:
         record = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
-        return []
+        return {}
     kinds = {name: p.get("kind") for name, p in (record.get("params") or {}).items()}
-    files = []
+    files: dict[str, list[Path]] = {}
     for ref, paths in (record.get("outputs") or {}).items():
-        if kinds.get(ref.split(".", 1)[0]) != kind:
-            continue
-        files.extend(output_files_of(run_dir, paths))
+        files.setdefault(kinds.get(ref.split(".", 1)[0]) or "", []).extend(output_files_of(run_dir, paths))
     return files
 
 
 def _by_format(run_dir: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for f in _written_files(run_dir):
+    written = _written_files(run_dir)
+    for f in written.get("write", []):
         name = f.name.lower()
         if name.endswith(".seg.nrrd"):
             found.setdefault("seg.nrrd", f)
@@ -48,8 +47,7 @@ def _by_format(run_dir: Path) -> dict[str, Path]:
             found.setdefault("nrrd", f)
         elif name.endswith(".dcm"):
             found.setdefault("dicom_seg", f)
-    image = next((f for f in _written_files(run_dir, "write_image") if f.name.lower().endswith((".nii.gz", ".nii"))),
-                 None)
+    image = next((f for f in written.get("write_image", []) if f.name.lower().endswith((".nii.gz", ".nii"))), None)
     if image is not None:
         found["image"] = image
     return found

@@ -13,7 +13,7 @@ import numpy as np
 
 from medpipe.image import Image
 
-__all__ = ["label_names", "label_colors", "present_labels"]
+__all__ = ["label_names", "label_colors", "present_labels", "structure_values"]
 
 # A qualitative palette (matplotlib tab20 order, 0-255) for labels without a colour.
 _PALETTE = [
@@ -39,6 +39,13 @@ def _int_keys(d: Any) -> dict[int, Any]:
 def present_labels(labels: Image) -> list[int]:
     """Non-zero label values present in the map, ascending."""
     return [int(v) for v in np.unique(labels.array) if v != 0]
+
+
+def structure_values(labels: Image) -> list[int]:
+    """Every structure of a label map, ascending: the named ones (present or not) and any other
+    non-zero value present; background is not a structure."""
+    named = {int(k) for k in (labels.meta.extra.get("labels") or {})} - {0}
+    return sorted(named | set(present_labels(labels)))
 
 
 def label_names(labels: Image, values: list[int] | None = None) -> dict[int, str]:

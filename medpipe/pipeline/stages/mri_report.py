@@ -42,8 +42,8 @@ def _overlay_rgba(labels: np.ndarray, image: Image) -> np.ndarray:
     return table[labels]
 
 
-def _lesion_slice(labels: Image, lesion_value: int | None) -> int:
-    arr, _ = _axial(labels)
+def _lesion_slice(arr: np.ndarray, lesion_value: int | None) -> int:
+    """The axial slice (of the RAS label volume ``arr``) holding the most lesion, else the middle one."""
     hits = np.argwhere(arr == lesion_value) if lesion_value is not None else np.empty((0, 3))
     if len(hits):
         return int(np.bincount(hits[:, 2]).argmax())  # the slice holding the most lesion
@@ -90,7 +90,8 @@ def render_mri_report(out_dir: Path, reconstruction: Image, labels: Image, regio
                                 f"(shape {reconstruction.shape})")
     names = {int(k): v for k, v in (labels.meta.extra.get("labels") or {}).items()}
     lesion = next((k for k, v in names.items() if v == "lesion"), None)
-    k = _lesion_slice(labels, lesion)
+    seg_ras = _axial(labels)[0]
+    k = _lesion_slice(seg_ras, lesion)
     recon, aspect = _axial(reconstruction)
     hi = float(np.percentile(recon, 99.5)) or 1.0
 
@@ -108,11 +109,11 @@ def render_mri_report(out_dir: Path, reconstruction: Image, labels: Image, regio
         panels.append((caption("zero-filled", "zero_filled"), view(_axial(zero_filled)[0]), None))
     method = reconstruction.meta.extra.get("recon", {}).get("method", "reconstruction")
     panels.append((caption(method.upper() if method == "cirim" else method, method), view(recon), None))
-    panels.append(("segmentation", view(recon), view(_axial(labels)[0]).astype(np.int64)))
+    seg_view = view(seg_ras)
+    panels.append(("segmentation", view(recon), seg_view.astype(np.int64)))
     if regions is not None:
         panels.append(("atlas regions", view(recon), view(_axial(regions)[0]).astype(np.int64)))
     # crop every panel to the brain on this slice (its labels, a margin of 6 % of the field of view)
-    seg_view = view(_axial(labels)[0])
     if seg_view.any():
         rows, cols = np.nonzero(seg_view)
         pad = int(0.06 * max(seg_view.shape))

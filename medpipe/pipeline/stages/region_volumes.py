@@ -17,7 +17,7 @@ from medpipe.errors import GeometryError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import LabelArtifact, TableArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
-from medpipe.pipeline.stages._labels import label_names, present_labels
+from medpipe.pipeline.stages._labels import label_names, structure_values
 
 __all__ = ["RegionVolumes", "region_volumes"]
 
@@ -31,10 +31,7 @@ def region_volumes(labels: Image, regions: Image) -> dict[str, Any]:
     voxel_ml = float(abs(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     lab = labels.array[0].astype(np.int64).ravel()
     reg = regions.array[0].astype(np.int64).ravel()
-    named = {int(k) for k in (labels.meta.extra.get("labels") or {})} - {0}
-    s_values = sorted(named | set(present_labels(labels)))
-    r_named = {int(k) for k in (regions.meta.extra.get("labels") or {})} - {0}
-    r_values = sorted(r_named | set(present_labels(regions)))
+    s_values, r_values = structure_values(labels), structure_values(regions)
     s_names = label_names(labels, s_values)
     r_names = label_names(regions, r_values)
     n_s, n_r = max(s_values, default=0) + 1, max(r_values, default=0) + 1

@@ -10,7 +10,7 @@ from medpipe.errors import GeometryError
 from medpipe.image import Image
 from medpipe.pipeline.artifacts import ImageArtifact, LabelArtifact, TableArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
-from medpipe.pipeline.stages._labels import label_names, present_labels
+from medpipe.pipeline.stages._labels import label_names, structure_values
 
 __all__ = ["Statistics", "label_statistics"]
 
@@ -28,8 +28,7 @@ def label_statistics(labels: Image, image: Image | None = None) -> dict[str, Any
         )
     voxel_ml = float(abs(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     arr = labels.array[0]
-    named = {int(k) for k in (labels.meta.extra.get("labels") or {})} - {0}  # background is not a structure
-    values = sorted(named | set(present_labels(labels)))
+    values = structure_values(labels)
     counts = np.bincount(arr.ravel().astype(np.int64), minlength=max(values, default=0) + 1)
     intens = image.array[0] if image is not None else None
     out: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from pydantic import model_validator
 from medpipe.errors import DicomError, GeometryError, PipelineError
 from medpipe.pipeline.artifacts import FilesArtifact, ImageArtifact, LabelArtifact, TableArtifact
 from medpipe.pipeline.stage import Stage, StageContext, StageParams, StageResources, register_stage
-from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels
+from medpipe.pipeline.stages._labels import label_colors, label_names, present_labels, structure_values
 
 __all__ = ["Write", "dicom_seg_unavailable", "write_labels_seg_nrrd"]
 
@@ -48,8 +48,7 @@ def write_labels_seg_nrrd(labels: Any, out: Path) -> Path:
     """A Slicer ``.seg.nrrd``: every named structure is a segment (absent ones empty), in label order."""
     from medpipe.io.slicer_seg import write_seg_nrrd
 
-    values = sorted({*(int(k) for k in (labels.meta.extra.get("labels") or {}) if int(k) != 0),
-                     *present_labels(labels)})
+    values = structure_values(labels)
     return write_seg_nrrd(labels, out, label_names(labels, values), label_colors(labels, values))
 
 

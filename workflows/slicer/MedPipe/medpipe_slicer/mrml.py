@@ -45,18 +45,25 @@ def _sh_item(sh: Any, node: Any) -> int:
     return item
 
 
-def load_volume(path: str | Path, scene: Any, name: str | None = None) -> Any:
-    """A new scalar volume node read from ``path`` (a result image, e.g. a reconstruction)."""
-    path = Path(path)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+def _read_node(scene: Any, node_class: str, storage_class: str, path: Path, name: str, what: str) -> Any:
+    """A new ``node_class`` node filled from ``path`` by a temporary storage node; nothing stays
+    in the scene when Slicer cannot read the file."""
+    node = scene.AddNewNodeByClass(node_class, name)
+    storage = scene.AddNewNodeByClass(storage_class)
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
         scene.RemoveNode(node)
         scene.RemoveNode(storage)
-        raise OSError(f"Slicer could not read the volume {path}")
-    scene.RemoveNode(storage)
+        raise OSError(f"Slicer could not read the {what} {path}")
+    scene.RemoveNode(storage)  # the node now lives in the scene; saving it is the user's choice
     return node
+
+
+def load_volume(path: str | Path, scene: Any, name: str | None = None) -> Any:
+    """A new scalar volume node read from ``path`` (a result image, e.g. a reconstruction)."""
+    path = Path(path)
+    return _read_node(scene, "vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode", path,
+                      name or path.name.split(".")[0], "volume")
 
 
 def load_file_job(client: Any, job: dict[str, Any], folder: str | Path, scene: Any, name: str) -> tuple[Any, Any]:
@@ -73,16 +80,9 @@ def load_file_job(client: Any, job: dict[str, Any], folder: str | Path, scene: A
 
 def load_segmentation(path: str | Path, reference_volume: Any, name: str | None = None) -> Any:
     """A new segmentation node read from ``path``, tied to ``reference_volume`` and its study."""
-    path = Path(path)
     scene = reference_volume.GetScene()
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{reference_volume.GetName()} medpipe")
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    if not storage.ReadData(seg):
-        scene.RemoveNode(seg)
-        scene.RemoveNode(storage)
-        raise OSError(f"Slicer could not read the segmentation {path}")
-    scene.RemoveNode(storage)  # the node now lives in the scene; saving it is the user's choice
+    seg = _read_node(scene, "vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode", Path(path),
+                     name or f"{reference_volume.GetName()} medpipe", "segmentation")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     seg.CreateDefaultDisplayNodes()
     sh = scene.GetSubjectHierarchyNode()
