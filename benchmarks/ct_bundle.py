@@ -24,7 +24,11 @@ from benchmarks._results import markdown_table, record  # noqa: E402
 BUNDLES = Path(__file__).resolve().parents[1] / "medpipe" / "bundles"
 BUNDLE = BUNDLES / "ct_organs_phantom"
 SECTIONS = {"ct_organs_phantom": ("ct_bundle", "Shipped CT bundle: training time and held-out evaluation"),
-            "ct_organs_2d_phantom": ("ct_bundle_2d", "Shipped 2D CT bundle: training time and held-out evaluation")}
+            "ct_organs_2d_phantom": ("ct_bundle_2d", "Shipped 2D CT bundle: training time and held-out evaluation"),
+            "brain_t1_lesion": ("brain_t1_bundle", "Shipped MRI brain bundle (GM/WM/lesion on T1): training time and "
+                                "held-out evaluation")}
+MAKE_TARGET = {"ct_organs_phantom": "train-ct-bundle", "ct_organs_2d_phantom": "train-ct-2d-bundle",
+               "brain_t1_lesion": "train-brain-t1-bundle"}
 
 
 def _load_summary(path: Path | None) -> str:
@@ -78,10 +82,10 @@ def _report(bundle: Path, section: str, title: str, load: str) -> None:
     weights_mb = (bundle / "weights.safetensors").stat().st_size / 2**20
     body = (
         f"Bundle `{bundle.relative_to(bundle.parents[2])}` ({arch}, weights {weights_mb:.1f} MiB), trained by "
-        f"`make {'train-ct-2d-bundle' if '2d' in bundle.name else 'train-ct-bundle'}`: {len(log)} epochs, "
+        f"`make {MAKE_TARGET[bundle.name]}`: {len(log)} epochs, "
         f"{train_s / 60:.1f} min of training epochs on this 2-core CPU "
         f"(median {sorted(float(r['epoch_seconds']) for r in log)[len(log) // 2]:.1f} s/epoch, including the "
-        f"periodic validation epochs). Held-out phantom cases: {ev['n_cases']} (fold 0 of 5), scored on their "
+        f"periodic validation epochs). Held-out cases: {ev['n_cases']} (fold 0 of 5), scored on their "
         f"original grids, NSD tolerance {ev['nsd_tolerance_mm']} mm.{load}\n\n"
         + markdown_table(["structure", "Dice", "HD95 mm", "NSD"], rows)
     )

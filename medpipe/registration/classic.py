@@ -8,8 +8,8 @@ grid. SimpleITK works in LPS; the flips happen here and nowhere else.
 Reproducible: the metric's random sampling has a fixed seed (``SAMPLING_SEED``), and ITK runs
 on one thread here — its multi-threaded metric and demons reductions come out a few float
 epsilons apart from run to run, so the same pair gave a different field (and, after warping,
-different label voxels) under each engine. Measured on the MRI job: one thread is no slower
-on a 2-core machine (4.9 s vs 6.9 s for affine + demons).
+different label voxels) under each engine. The cost is the threads ITK no longer uses: the MRI
+job's affine + demons take 9-11 s per study single-threaded (benchmarks/RESULTS.md mri_brain).
 """
 
 from __future__ import annotations
