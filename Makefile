@@ -173,9 +173,12 @@ recon-data: setup
 	$(BIN)/python -m medpipe data kspace $(KDIR)/val --source itk_t1 --slices 12 --snr 40 --seed 8 --overwrite
 	$(BIN)/python -m medpipe data kspace $(KDIR)/test --source colin27 --slices 24 --snr 40 --seed 7 --overwrite
 
+# TRAIN_RECON_ARGS overrides the config from the command line, e.g. TRAIN_RECON_ARGS='--threads 1'
+# while another job holds the other core.
 train-recon-bundle: recon-data
 	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
-	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite
+	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite \
+	  $(TRAIN_RECON_ARGS)
 
 # Workflow engines, each in its own venv (their pins clash with the project's; they call medpipe's
 # CLI, so they need no torch). The packages are the pyproject extras `snakemake` and `airflow`.

@@ -1,7 +1,7 @@
 """Record the shipped brain-tumour bundle's training run and held-out evaluation in RESULTS.md.
 
 The figures come from the bundle (``training_log.csv``, ``evaluation.json`` of the held-out
-fold, both written by ``make train-brain-bundle``), so RESULTS.md says what ships.
+fold, both written by ``make train-brain-tumour-bundle``), so RESULTS.md says what ships.
 
     python benchmarks/brain_bundle.py --wall-s 3900 --load "15.9 -> 20.1"
 """
@@ -22,7 +22,7 @@ BUNDLE = Path(__file__).resolve().parents[1] / "medpipe" / "bundles" / "brain_tu
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--wall-s", type=float, default=None, help="wall time of make train-brain-bundle, if measured")
+    p.add_argument("--wall-s", type=float, default=None, help="wall time of make train-brain-tumour-bundle, if measured")
     p.add_argument("--load", default="", help="load average during training, as measured")
     a = p.parse_args(argv)
     with open(BUNDLE / "training_log.csv") as f:
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["**mean**", f"**{mean['dice']:.3f}**", f"{mean['hd95']:.2f}", f"{mean['nsd']:.3f}"])
     weights_mb = (BUNDLE / "weights.safetensors").stat().st_size / 2**20
     wall = f"; wall time of the whole recipe {a.wall_s / 60:.1f} min" if a.wall_s else ""
-    load = f" Load average during training: {a.load} (other agents shared the 2 cores)." if a.load else ""
+    load = f" Load average (1 min) during training: {a.load}." if a.load else ""
     epochs = sorted(float(r["epoch_seconds"]) for r in log)
     body = (f"Bundle `{BUNDLE.relative_to(BUNDLE.parents[2])}` (reversible MBConv U-Net `revunet_xs`, weights "
-            f"{weights_mb:.1f} MiB), trained by `make train-brain-bundle` with 1 thread: {len(log)} epochs, "
+            f"{weights_mb:.1f} MiB), trained by `make train-brain-tumour-bundle` with 1 thread: {len(log)} epochs, "
             f"{train_s / 60:.1f} min of training epochs (median {epochs[len(epochs) // 2]:.0f} s/epoch, including the "
             f"periodic validation){wall}.{load} Held-out BraTS-like phantom cases: {ev['n_cases']} (fold 0 of 5), "
             f"scored on their original grids, NSD tolerance {ev['nsd_tolerance_mm']} mm.\n\n"

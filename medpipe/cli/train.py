@@ -74,6 +74,7 @@ def train_recon(
     crop_rows: int | None = typer.Option(None, "--crop-rows", help="Readout rows per training crop (0 = full)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (cosine decay)."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and still write the bundle) after this long."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (0 = torch's default)."),
     config: Path | None = typer.Option(None, "--config", help="YAML with a training: section (CLI options override it)."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Checkpoints folder (default BUNDLE.work)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoint_latest.pt."),
@@ -98,7 +99,8 @@ def train_recon(
         if value is not None:
             arch[key] = value
     given = {"model": model.replace("-", "_").lower() if model else None, "iterations": iterations,
-             "batch_size": batch_size, "crop_rows": crop_rows, "lr": lr, "max_minutes": max_minutes}
+             "batch_size": batch_size, "crop_rows": crop_rows, "lr": lr, "max_minutes": max_minutes,
+             "threads": threads}
     raw.update({k: v for k, v in given.items() if v is not None})
     if arch:
         raw["arch"] = arch

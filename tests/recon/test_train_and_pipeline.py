@@ -136,3 +136,17 @@ def test_recon_bundle_in_cli_and_in_segmentation_stages(tiny_bundle, capsys, tmp
     img.meta.modality = "MR"
     with pytest.raises(BundleError, match="is a recon bundle; the segment stage needs a segmentation bundle"):
         Segment({"bundle": str(tiny_bundle)}).run({"image": img}, _ctx(tmp_path, "seg"))
+
+
+def test_train_recon_cli_options_override_the_config(kspace_dir, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"training": {"arch": {"hidden": 4, "cascades": 1, "steps": 1}, "iterations": 50,
+                                                "threads": 2, "crop_rows": 16, "warmup": 0, "val_every": 100}}))
+    out = tmp_path / "b"
+    rc = main(["train-recon", str(kspace_dir / "train"), "-o", str(out), "--config", str(cfg),
+               "--iterations", "2", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    training = yaml.safe_load((out / "model.yaml").read_text())["training"]
+    assert training["threads"] == 1 and training["iterations"] == 2 and training["planned_iterations"] == 2
