@@ -62,3 +62,12 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def load_phrase(before: float, after: float) -> str:
+    """The 1-minute load average around a run, and what it means for the timings on this machine."""
+    cores = os.cpu_count() or 1
+    shared = max(before, after) > cores
+    return (f"load average (1 min) {before:.1f} before / {after:.1f} after on {cores} cores"
+            + (" (other jobs shared the cores: timings are upper bounds, ratios between interleaved methods hold)"
+               if shared else ""))

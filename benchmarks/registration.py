@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import markdown_table, record  # noqa: E402
+from _results import load_phrase, markdown_table, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ANTS_PY = ROOT / "build" / "ants-venv" / "bin" / "python"
@@ -205,8 +205,7 @@ def main() -> int:
     syn_s = agg("syn", "seconds", real + synth) if ants else float("nan")
     body = (f"{len(real)} real pairs (Colin27 <-> MNI152 2009a, 2 mm, GM/WM labels) and {len(synth)} synthetic warps of "
             f"Colin27 (amplitude {args.amplitude} voxels, known truth); {args.threads} thread(s) for every method; "
-            f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (other agents shared the 2 cores: "
-            "timings are upper bounds, ratios are what the interleaving keeps comparable). MICDIR+IO = the MICDIR "
+            f"{load_phrase(load_before[0], load_after[0])}. MICDIR+IO = the MICDIR "
             f"bundle plus {args.refine} instance-optimisation steps (Adam on the half-resolution velocity, same loss), "
             "its seconds included.\n\n" + text + "\n\n"
             + "".join(f"- {m}: {syn_s / agg(m, 'seconds', real + synth):.1f}x less time per pair than SyN\n"

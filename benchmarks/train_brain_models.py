@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import markdown_table, record  # noqa: E402
+from _results import load_phrase, markdown_table, record  # noqa: E402
 
 MODELS = ["stunet_s", "umamba_bot", "revunet_s"]
 
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(["model", "params", "held-out mean Dice", "NCR", "ED", "ET", "s / epoch", "total s"], rows)
     body = (f"{a.cases} BraTS-like phantom cases (4 channels T1/T1c/T2/FLAIR, 64x64x48 at ~2 mm; fold 0 of 5 held "
             f"out), {a.epochs} epochs x {a.iters} iterations, batch {a.batch}, patch {a.patch}^3 at 2 mm, AdamW 3e-3, "
-            f"fp32, {a.threads} thread(s), the same seed; held-out cases predicted on their original grids. Load "
-            f"average (1 min) before/after {load[0]:.2f}/{load_after[0]:.2f} on 2 cores (above 2, other jobs shared "
-            "them: times are upper bounds)." + (" Rows from an earlier invocation with identical settings come first." if a.earlier_rows
+            f"fp32, {a.threads} thread(s), the same seed; held-out cases predicted on their original grids; "
+            f"{load_phrase(load[0], load_after[0])}." + (" Rows from an earlier invocation with identical settings come first." if a.earlier_rows
                           else "") + "\n\n" + table + "\n\nA small equal budget: it ranks how fast each architecture learns here, not "
             "what it reaches when converged.\n")
     record("train_brain_models", "Brain tumour phantoms: STU-Net-S vs U-Mamba_Bot vs RevUNet (same budget)", body)
