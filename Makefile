@@ -9,7 +9,7 @@ DEMO_DIR ?= demo_out
 
 .PHONY: demo test setup system-deps lint clean bench train-ct-bundle quantize-ct-bundle nnunet-venv nnunet-fixtures \
 	bench-nnunet train-brain-bundle train-brain-voxelmorph bench-registration-deps bench-registration recon-data \
-	train-recon-bundle train-ct-2d-bundle quantize-ct-2d-bundle \
+	train-recon-bundle train-recon-rim train-ct-2d-bundle quantize-ct-2d-bundle \
 	train-brain-tumour-bundle demo-mri train-brain-t1-bundle bench-mri \
 	engines bench-engines docker-deps docker-check \
 	bench-server
@@ -179,6 +179,13 @@ train-recon-bundle: recon-data
 	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
 	  --config configs/train_recon_brain.yaml -o medpipe/bundles/mri_brain_cirim --work-dir build/recon-train --overwrite \
 	  $(TRAIN_RECON_ARGS)
+
+# The RIM baseline of benchmarks/recon.py (not shipped): the CIRIM recipe and time box with the
+# published RIM layout (one cascade of 8 ConvGRU steps) at the bundle's width.
+train-recon-rim: recon-data
+	$(BIN)/python -m medpipe train-recon $(KDIR)/train --val $(KDIR)/val --test $(KDIR)/test \
+	  --config configs/train_recon_brain.yaml --model rim --cascades 1 --steps 8 --name rim_brain \
+	  -o build/bundles/rim_brain --work-dir build/rim-train --overwrite $(TRAIN_RECON_ARGS)
 
 # Workflow engines, each in its own venv (their pins clash with the project's; they call medpipe's
 # CLI, so they need no torch). The packages are the pyproject extras `snakemake` and `airflow`.

@@ -76,6 +76,7 @@ def train_recon(
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and still write the bundle) after this long."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (0 = torch's default)."),
     config: Path | None = typer.Option(None, "--config", help="YAML with a training: section (CLI options override it)."),
+    name: str | None = typer.Option(None, "--name", help="Bundle name (default: the config's, else the folder's)."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Checkpoints folder (default BUNDLE.work)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoint_latest.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle / start a new run."),
@@ -101,6 +102,11 @@ def train_recon(
     given = {"model": model.replace("-", "_").lower() if model else None, "iterations": iterations,
              "batch_size": batch_size, "crop_rows": crop_rows, "lr": lr, "max_minutes": max_minutes,
              "threads": threads}
+    if given["model"] and given["model"] != raw.get("model", given["model"]):
+        # the config's name and description speak of its own model, not this one
+        raw.pop("name", None)
+        raw.pop("description", None)
+    given["name"] = name
     raw.update({k: v for k, v in given.items() if v is not None})
     if arch:
         raw["arch"] = arch

@@ -142,11 +142,15 @@ def test_train_recon_cli_options_override_the_config(kspace_dir, tmp_path, capsy
     import yaml
 
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({"training": {"arch": {"hidden": 4, "cascades": 1, "steps": 1}, "iterations": 50,
-                                                "threads": 2, "crop_rows": 16, "warmup": 0, "val_every": 100}}))
+    cfg.write_text(yaml.safe_dump({"training": {"model": "cirim", "arch": {"hidden": 4, "cascades": 1, "steps": 1},
+                                                "iterations": 50, "threads": 2, "crop_rows": 16, "warmup": 0,
+                                                "val_every": 100, "name": "cfg_cirim", "description": "a CIRIM"}}))
     out = tmp_path / "b"
     rc = main(["train-recon", str(kspace_dir / "train"), "-o", str(out), "--config", str(cfg),
-               "--iterations", "2", "--threads", "1"])
+               "--iterations", "2", "--threads", "1", "--model", "rim", "--name", "rim_x"])
     assert rc == 0, capsys.readouterr().err
-    training = yaml.safe_load((out / "model.yaml").read_text())["training"]
+    meta = yaml.safe_load((out / "model.yaml").read_text())
+    training = meta["training"]
     assert training["threads"] == 1 and training["iterations"] == 2 and training["planned_iterations"] == 2
+    # another model than the config's: its name/description are not carried over to this bundle
+    assert meta["name"] == "rim_x" and "CIRIM" not in meta["description"] and meta["description"].startswith("rim")
