@@ -4,6 +4,7 @@ Commands (one JSON object per line on stdin, one JSON reply per line on stdout),
 benchmark can interleave nnU-Net and medpipe case by case in one run:
 
     {"cmd": "train", "raw": DIR, "work": DIR, "trainer": ..., "epochs": E, "iters": I, "fold": F}
+                                    # continues an earlier run in WORK up to E epochs
     {"cmd": "load", "results": DIR, "folds": [..]}           # build the predictors once
     {"cmd": "predict", "image": FILE, "out": FILE, "tta": bool}  # -> {"seconds": s}
     {"cmd": "quit"}
@@ -42,16 +43,28 @@ def train(raw: str, work: str, trainer: str, epochs: int, iters: int, fold: int)
         subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "3d_fullres", "-np", "1"], check=True,
                        stdout=sys.stderr)
     t_plan = time.perf_counter() - t0
-    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     os.environ["nnUNet_n_proc_DA"] = "0"
     torch.manual_seed(0)
     tr = get_trainer_from_args("902", "3d_fullres", fold, trainer, "nnUNetPlans", device=torch.device("cpu"))
     tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch = epochs, iters, 5
+    # nnU-Net's own `--c`: an earlier run of this benchmark is continued up to `epochs` (its poly
+    # learning rate restarts from (1 - epoch / epochs) ** 0.9), not repeated
+    maybe_load_checkpoint(tr, continue_training=True, validation_only=False)
+    start_epoch = tr.current_epoch
+    history_file = work_p / "train_history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
     t1 = time.perf_counter()
     tr.run_training()
+    if tr.current_epoch > start_epoch:
+        history.append({"from_epoch": start_epoch, "to_epoch": epochs, "iters_per_epoch": iters,
+                        "seconds": round(time.perf_counter() - t1, 1)})
+        history_file.write_text(json.dumps(history, indent=1))
     return {"results": str(Path(tr.output_folder).parent), "plan_seconds": round(t_plan, 1),
-            "train_seconds": round(time.perf_counter() - t1, 1), "iterations": epochs * iters}
+            "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "iterations": sum((h["to_epoch"] - h["from_epoch"]) * h["iters_per_epoch"] for h in history),
+            "sessions": history}
 
 
 class Predictors:

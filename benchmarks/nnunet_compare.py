@@ -3,7 +3,8 @@
 1. A phantom CT dataset (medpipe's physical-size phantoms, nnU-Net folder layout).
 2. nnU-Net from PyPI (``.venv-nnunet``, ``make nnunet-venv``) plans, preprocesses and trains
    a model with its own trainer for a few hundred iterations on this CPU: a genuine results
-   folder written by nnU-Net's code.
+   folder written by nnU-Net's code. Run again with more ``--epochs`` and the same ``--work``,
+   it continues that training (nnU-Net's ``--c``) instead of starting over.
 3. On held-out cases, interleaved: nnU-Net's ``nnUNetPredictor`` (in-process in the worker,
    predictors built once) and medpipe's ``segment_image`` on the imported bundle, each with
    and without test-time mirroring. Per case: seconds, voxel agreement, per-label Dice.
@@ -78,6 +79,15 @@ def _tuning_seconds(facts: dict) -> float:
     return 0.0 if tuned.get("cached", True) else float(tuned.get("tuning_seconds", 0.0))
 
 
+def _sessions(trained: dict) -> str:
+    """How the training was split when an earlier run was continued (nnU-Net's ``--c``)."""
+    parts = trained.get("sessions") or []
+    if len(parts) < 2:
+        return ""
+    return " (" + ", then ".join(f"epochs {h['from_epoch']}-{h['to_epoch']} in {h['seconds'] / 60:.0f} min"
+                                 for h in parts) + ", continued with nnU-Net's own checkpoint resume)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "build" / "nnunet_compare")
@@ -116,9 +126,8 @@ def main() -> None:
         trained = worker.ask(cmd="train", raw=str(raw), work=str(work / "nnunet"), trainer=a.trainer,
                              epochs=a.epochs, iters=a.iters, fold=0)
         results = Path(trained["results"])
-        bundle_dir = work / "bundle"
-        if not bundle_dir.exists():
-            import_nnunet(results, bundle_dir, 0)
+        bundle_dir = work / "bundle"  # imported afresh: a continued training changed the checkpoint
+        import_nnunet(results, bundle_dir, 0, overwrite=True)
         bundle = load_bundle(bundle_dir)
         worker.ask(cmd="load", results=str(results), folds=[0])
         labels = [v for v in sorted(bundle.config.labels) if v]
@@ -167,7 +176,8 @@ def main() -> None:
     body = (
         f"nnunetv2 {nnv} (own venv) vs medpipe {version('medpipe')}; model: nnU-Net's `{a.trainer}` on "
         f"{a.train_cases} phantom cases ({'x'.join(map(str, shape))} at ~{'x'.join(map(str, spacing))} mm), "
-        f"{trained['iterations']} iterations, fold 0, {trained['train_seconds'] / 60:.1f} min of training; "
+        f"{trained['iterations']} iterations, fold 0, {trained['train_seconds'] / 60:.1f} min of training"
+        f"{_sessions(trained)}; "
         f"{a.test_cases} held-out cases, both predictors in this one run, interleaved per case, "
         f"{a.threads} threads each. Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}.\n\n"
         + markdown_table(["case", "TTA", "nnU-Net s", "medpipe s", "speed-up", "agreement",

@@ -10,15 +10,12 @@ wheel, resampled to ``spacing``; ``generator: phantoms`` — MR brain phantoms),
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medpipe.errors import InputError, MedpipeError
+from medpipe.errors import InputError
+from medpipe.training.recipe import read_recipe, recipe_main
 
 __all__ = ["build_dataset", "run_recipe", "main"]
 
@@ -58,10 +55,7 @@ def run_recipe(config: str | Path, out: str | Path, overrides: dict[str, Any] | 
     from medpipe.registration.training import RegTrainConfig, train_registration
 
     config, out = Path(config), Path(out)
-    try:
-        doc = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"recipe {config} could not be read: {exc}") from exc
+    doc = read_recipe(config)
     train = dict(doc.get("training") or {})
     train.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
@@ -78,22 +72,9 @@ def run_recipe(config: str | Path, out: str | Path, overrides: dict[str, Any] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medpipe.registration.recipe", description=__doc__.splitlines()[0])
-    p.add_argument("config", type=Path)
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--iters-per-epoch", type=int)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        info = run_recipe(a.config, a.out, {"epochs": a.epochs, "iters_per_epoch": a.iters_per_epoch},
-                          resume=a.resume, overwrite=a.overwrite)
-    except MedpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"bundle {info['bundle']}: {info['total_seconds']:.0f} s total; validation {info['evaluation']}")
-    return 0
+    return recipe_main(argv, "python -m medpipe.registration.recipe", __doc__.splitlines()[0], run_recipe,
+                       lambda info: f"bundle {info['bundle']}: {info['total_seconds']:.0f} s total; "
+                                    f"validation {info['evaluation']}")
 
 
 if __name__ == "__main__":

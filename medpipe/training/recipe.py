@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import yaml
 
 from medpipe.errors import InputError, MedpipeError
 
-__all__ = ["run_recipe", "main"]
+__all__ = ["run_recipe", "main", "read_recipe", "recipe_main"]
 
 
 def _dataset(spec: dict[str, Any], folder: Path) -> Path:
@@ -46,10 +47,7 @@ def run_recipe(config: str | Path, out: str | Path, overrides: dict[str, Any] | 
     from medpipe.training.trainer import train
 
     config, out = Path(config), Path(out)
-    try:
-        doc = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"recipe {config} could not be read: {exc}") from exc
+    doc = read_recipe(config)
     cfg = load_train_config(config, overrides)
     work = Path(f"{out}.work")
     t0 = time.perf_counter()
@@ -61,8 +59,18 @@ def run_recipe(config: str | Path, out: str | Path, overrides: dict[str, Any] | 
             "seconds_per_epoch": result.seconds_per_epoch, "evaluation": result.evaluation}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medpipe.training.recipe", description=__doc__.splitlines()[0])
+def read_recipe(config: Path) -> dict[str, Any]:
+    """The recipe YAML as a dict, or one sentence naming the file."""
+    try:
+        return yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"recipe {config} could not be read: {exc}") from exc
+
+
+def recipe_main(argv: list[str] | None, prog: str, description: str,
+                run: Callable[..., dict[str, Any]], summary: Callable[[dict[str, Any]], str]) -> int:
+    """The command line every recipe module shares: config, -o, epoch overrides, resume."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("config", type=Path)
     p.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--epochs", type=int)
@@ -71,15 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     try:
-        info = run_recipe(a.config, a.out, {"epochs": a.epochs, "iters_per_epoch": a.iters_per_epoch},
-                          resume=a.resume, overwrite=a.overwrite)
+        info = run(a.config, a.out, {"epochs": a.epochs, "iters_per_epoch": a.iters_per_epoch},
+                   resume=a.resume, overwrite=a.overwrite)
     except MedpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    ev = info["evaluation"] or {}
-    print(f"bundle {info['bundle']}: {info['total_seconds']:.0f} s total ({info['dataset_seconds']:.0f} s data, "
-          f"{info['seconds_per_epoch']:.1f} s/epoch); held-out mean Dice {ev.get('mean', {}).get('dice')}")
+    print(summary(info))
     return 0
+
+
+def _summary(info: dict[str, Any]) -> str:
+    ev = info["evaluation"] or {}
+    return (f"bundle {info['bundle']}: {info['total_seconds']:.0f} s total ({info['dataset_seconds']:.0f} s data, "
+            f"{info['seconds_per_epoch']:.1f} s/epoch); held-out mean Dice {ev.get('mean', {}).get('dice')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(argv, "python -m medpipe.training.recipe", __doc__.splitlines()[0], run_recipe, _summary)
 
 
 if __name__ == "__main__":
