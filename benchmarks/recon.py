@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._results import markdown_table, record  # noqa: E402
+from benchmarks._results import load_phrase, markdown_table, record  # noqa: E402
 
 
 def _fg_ssim(ref: np.ndarray, x: np.ndarray) -> float:
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--val-slices", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-load", default="", help="the load average while the bundles trained, for the record")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,12 +186,10 @@ def _report(results, methods, lams, tuning_rows, load_before, load_after, cirim_
         bart_version = "not installed"
     arch = cirim_bundle.config.arch_config
     tr = cirim_bundle.config.training or {}
-    uptime = Path("build/recon-train.uptime")
     text = [
         f"- CIRIM bundle training (`make train-recon-bundle`): {tr.get('iterations')} of {tr.get('planned_iterations')} "
         f"planned iterations in {float(tr.get('seconds', 0)) / 60:.1f} min on {tr.get('threads')} threads "
-        f"(time box {tr.get('max_minutes', 45)} min); load average when it ran: "
-        f"{' / '.join(line.split('load average:')[-1].strip() for line in uptime.read_text().splitlines()) if uptime.exists() else 'not recorded'}",
+        f"(time box {tr.get('max_minutes', 45)} min); load average when it ran: {args.train_load or 'not recorded'}",
         f"- data: held-out Colin27 k-space ({len(pick)} slices of `{args.test}`, 8 coils, 256x256, SNR 40), "
         f"validation ITK T1 head ({args.val_slices} slices of `{args.val}`)",
         f"- CIRIM: `{args.cirim}` ({cirim_bundle.config.architecture} {arch}); RIM: "
@@ -198,9 +197,8 @@ def _report(results, methods, lams, tuning_rows, load_before, load_after, cirim_
         f"{rim_bundle.config.arch_config if rim_bundle else ''}), both trained by `medpipe train-recon` with the same "
         "recipe and time box",
         f"- BART: {bart_version}; sigpy L1WaveletRecon db4, 100 iterations; SENSE = sigpy SenseRecon 30 iterations",
-        f"- threads: {args.threads}; load average before {' '.join(load_before)}, after {' '.join(load_after)} "
-        "(other agents were using the 2 cores: absolute times are upper bounds, ratios are fair because every "
-        "method ran interleaved on the same slices)",
+        f"- threads: {args.threads}; {load_phrase(float(load_before[0]), float(load_after[0]))}; every method ran "
+        "interleaved on the same slices",
         "",
         "Regularisation tuned on the validation slices (equispaced masks, SSIM):",
         "",

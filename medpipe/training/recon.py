@@ -77,7 +77,7 @@ class KSpaceSlices:
         files = sorted(self.folder.glob("*.h5"))
         if not files:
             raise InputError(f"{self.folder} holds no k-space files (*.h5); write some with medpipe data kspace")
-        self.files, self.items, coils, matrix = [], [], set(), set()
+        self.files, self.items, coils, matrix, pixels = [], [], set(), set(), []
         for p in files:
             try:
                 h = h5py.File(p, "r")
@@ -90,6 +90,9 @@ class KSpaceSlices:
             if "mask" in h and not np.asarray(h["mask"]).all():
                 raise InputError(f"{p} is undersampled; training needs fully sampled k-space (masks are drawn per "
                                  "sample)")
+            if "affine" in h.attrs:  # medpipe files: the image grid's pixel size, for the recon stage's check
+                aff = np.asarray(h.attrs["affine"], float).reshape(4, 4)
+                pixels.append(np.linalg.norm(aff[:3, :2], axis=0))
             coils.add(int(ds.shape[1]))
             matrix.add(tuple(int(v) for v in ds.shape[2:]))
             ref = np.asarray(h["reconstruction_rss"], np.float32) if "reconstruction_rss" in h else None
@@ -99,6 +102,8 @@ class KSpaceSlices:
             raise InputError(f"{self.folder}: files differ in coil count {sorted(coils)} or matrix {sorted(matrix)}; "
                              "one training set needs one coil count and matrix")
         self.coils, self.matrix = coils.pop(), matrix.pop()
+        # (column, row) mm, the median over the files that state it; None when none does (fastMRI)
+        self.pixel_mm = [round(float(v), 3) for v in np.median(pixels, axis=0)] if pixels else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -378,7 +383,8 @@ def _write_bundle(path: Path, model, cfg: ReconTrainConfig, train: KSpaceSlices,
         name=cfg.name or path.name, version=cfg.version,
         description=cfg.description or f"{cfg.model} trained by medpipe train-recon on {train.folder.name}",
         architecture=cfg.model, arch_config=dict(cfg.arch), modality="MR", channels=["complex image"], task="recon",
-        recon={"coils": train.coils, "matrix": list(train.matrix), "accelerations": list(cfg.accelerations),
+        recon={"coils": train.coils, "matrix": list(train.matrix),
+               **({"pixel_mm": train.pixel_mm} if train.pixel_mm else {}), "accelerations": list(cfg.accelerations),
                "mask_kinds": list(cfg.mask_kinds), "coil_maps": "acs"},
         training={"sources": sources, "slices": len(train), "iterations": iterations,
                   "planned_iterations": cfg.iterations, "batch_size": cfg.batch_size, "crop_rows": cfg.crop_rows,

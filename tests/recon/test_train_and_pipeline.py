@@ -154,3 +154,6 @@ def test_train_recon_cli_options_override_the_config(kspace_dir, tmp_path, capsy
     assert training["threads"] == 1 and training["iterations"] == 2 and training["planned_iterations"] == 2
     # another model than the config's: its name/description are not carried over to this bundle
     assert meta["name"] == "rim_x" and "CIRIM" not in meta["description"] and meta["description"].startswith("rim")
+    # the training data's pixel size, which the recon stage checks new k-space against
+    ks = read_kspace(sorted((kspace_dir / "train").glob("*.h5"))[0])
+    assert meta["recon"]["pixel_mm"] == pytest.approx(list(np.linalg.norm(ks.affine[:3, :2], axis=0)), abs=1e-3)
