@@ -69,7 +69,7 @@ class Recon(Stage):
             if trained:
                 pixel = np.linalg.norm(np.asarray(ks.affine)[:3, :2], axis=0)  # column, row spacing (mm)
                 if np.any(np.abs(pixel - np.asarray(trained, float)) > 0.25 * np.asarray(trained, float)):
-                    # benchmarks/RESULTS.md mri_brain: CIRIM's image lost 0.20 Dice downstream at 2 mm pixels, 0.08 at 1 mm
+                    # docs/mri_brain.md: an earlier CIRIM's image lost 0.20 Dice downstream at 2 mm pixels, 0.08 at 1 mm
                     ctx.warn(f"bundle {bundle.config.name} was trained on {trained[0]:g} mm pixels; this k-space has "
                              f"{pixel[0]:.2g} x {pixel[1]:.2g} mm pixels: expect a poorer reconstruction")
         if p.threads:
