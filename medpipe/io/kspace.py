@@ -37,9 +37,14 @@ import numpy as np
 
 from medpipe.errors import InputError
 
-__all__ = ["KSpace", "read_kspace", "write_kspace", "axial_affine", "center_crop", "FORMAT_VERSION"]
+__all__ = ["KSpace", "read_kspace", "write_kspace", "axial_affine", "pixel_size_mm", "center_crop", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
+
+
+def pixel_size_mm(affine: np.ndarray) -> np.ndarray:
+    """(column, row) pixel size in mm of the image grid an affine describes."""
+    return np.linalg.norm(np.asarray(affine, float).reshape(4, 4)[:3, :2], axis=0)
 
 
 def axial_affine(rows: int, cols: int, slices: int, pixel_mm: tuple[float, float] = (1.0, 1.0),

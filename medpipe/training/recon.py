@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from medpipe.errors import InputError
+from medpipe.io.kspace import pixel_size_mm
 
 __all__ = ["ReconTrainConfig", "KSpaceSlices", "train_recon", "evaluate_recon_model", "CHECKPOINT"]
 
@@ -91,8 +92,7 @@ class KSpaceSlices:
                 raise InputError(f"{p} is undersampled; training needs fully sampled k-space (masks are drawn per "
                                  "sample)")
             if "affine" in h.attrs:  # medpipe files: the image grid's pixel size, for the recon stage's check
-                aff = np.asarray(h.attrs["affine"], float).reshape(4, 4)
-                pixels.append(np.linalg.norm(aff[:3, :2], axis=0))
+                pixels.append(pixel_size_mm(h.attrs["affine"]))
             coils.add(int(ds.shape[1]))
             matrix.add(tuple(int(v) for v in ds.shape[2:]))
             ref = np.asarray(h["reconstruction_rss"], np.float32) if "reconstruction_rss" in h else None
