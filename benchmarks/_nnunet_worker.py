@@ -3,8 +3,9 @@
 Commands (one JSON object per line on stdin, one JSON reply per line on stdout), so the
 benchmark can interleave nnU-Net and medpipe case by case in one run:
 
-    {"cmd": "train", "raw": DIR, "work": DIR, "trainer": ..., "epochs": E, "iters": I, "fold": F}
-                                    # continues an earlier run in WORK up to E epochs
+    {"cmd": "train", "raw": DIR, "work": DIR, "trainer": ..., "epochs": E, "iters": I, "fold": F,
+     "init": CHECKPOINT or null}    # continues an earlier run of TRAINER in WORK up to E epochs; a
+                                    # new one starts from INIT's weights (nnU-Net's -pretrained_weights)
     {"cmd": "load", "results": DIR, "folds": [..]}           # build the predictors once
     {"cmd": "predict", "image": FILE, "out": FILE, "tta": bool}  # -> {"seconds": s}
     {"cmd": "quit"}
@@ -27,7 +28,7 @@ def _env(work: Path) -> None:
                       nnUNet_results=str(work / "results"), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
 
 
-def train(raw: str, work: str, trainer: str, epochs: int, iters: int, fold: int) -> dict:
+def train(raw: str, work: str, trainer: str, epochs: int, iters: int, fold: int, init: str | None = None) -> dict:
     import shutil
 
     import torch
@@ -51,15 +52,22 @@ def train(raw: str, work: str, trainer: str, epochs: int, iters: int, fold: int)
     tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch = epochs, iters, 5
     # nnU-Net's own `--c`: an earlier run of this benchmark is continued up to `epochs` (its poly
     # learning rate restarts from (1 - epoch / epochs) ** 0.9), not repeated
-    maybe_load_checkpoint(tr, continue_training=True, validation_only=False)
+    tr.save_every = 5  # checkpoint_latest every 5 epochs: an interrupted run loses little
+    out_dir = Path(tr.output_folder)
+    fresh = not any((out_dir / f"checkpoint_{k}.pth").is_file() for k in ("final", "latest", "best"))
+    if fresh and init:  # nnU-Net's `nnUNetv2_train -pretrained_weights`: a new training from these weights
+        maybe_load_checkpoint(tr, continue_training=False, validation_only=False, pretrained_weights_file=init)
+    else:
+        maybe_load_checkpoint(tr, continue_training=True, validation_only=False)
     start_epoch = tr.current_epoch
-    history_file = work_p / "train_history.json"
+    history_file = work_p / f"train_history_{trainer}.json"
     history = json.loads(history_file.read_text()) if history_file.exists() else []
     t1 = time.perf_counter()
     tr.run_training()
     if tr.current_epoch > start_epoch:
         history.append({"from_epoch": start_epoch, "to_epoch": epochs, "iters_per_epoch": iters,
-                        "seconds": round(time.perf_counter() - t1, 1)})
+                        "seconds": round(time.perf_counter() - t1, 1),
+                        **({"initialised_from": init} if fresh and init else {})})
         history_file.write_text(json.dumps(history, indent=1))
     return {"results": str(Path(tr.output_folder).parent), "plan_seconds": round(t_plan, 1),
             "train_seconds": round(sum(h["seconds"] for h in history), 1),

@@ -88,6 +88,18 @@ def _sessions(trained: dict) -> str:
                                  for h in parts) + ", continued with nnU-Net's own checkpoint resume)"
 
 
+def _initialised(work: Path, trainer: str | None) -> str:
+    """What a run started with --init-from began from (that trainer's own training record)."""
+    if not trainer:
+        return ""
+    hist_file = work / "nnunet" / f"train_history_{trainer}.json"
+    hist = json.loads(hist_file.read_text()) if hist_file.exists() else []
+    iters = sum((h["to_epoch"] - h["from_epoch"]) * h["iters_per_epoch"] for h in hist)
+    mins = sum(h["seconds"] for h in hist) / 60
+    return (f", started (nnU-Net's `-pretrained_weights`) from the weights of a `{trainer}` model of the same plans"
+            + (f" ({iters} iterations, {mins:.0f} min)" if hist else ""))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "build" / "nnunet_compare")
@@ -96,6 +108,9 @@ def main() -> None:
     p.add_argument("--shape", default="96,80,72")
     p.add_argument("--spacing", default="4.2,4.2,4.4")
     p.add_argument("--trainer", default="nnUNetTrainer")
+    p.add_argument("--init-from", default=None, metavar="TRAINER",
+                   help="a new --trainer run starts from this trainer's checkpoint_final in the same --work "
+                        "(nnU-Net's -pretrained_weights), e.g. to drop left-right mirroring from a trained model")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--iters", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
@@ -123,8 +138,14 @@ def main() -> None:
         write_phantom_dataset(test, a.test_cases, seed=903, shape=shape, spacing=spacing, progress=False)
     worker = Worker(a.threads, work / "nnunet_worker.log")
     try:
+        init = None
+        if a.init_from:
+            init = work / "nnunet" / "results" / "Dataset902_Phantom" / f"{a.init_from}__nnUNetPlans__3d_fullres" / \
+                "fold_0" / "checkpoint_final.pth"
+            if not init.is_file():
+                raise SystemExit(f"--init-from {a.init_from}: {init} does not exist (train that trainer first)")
         trained = worker.ask(cmd="train", raw=str(raw), work=str(work / "nnunet"), trainer=a.trainer,
-                             epochs=a.epochs, iters=a.iters, fold=0)
+                             epochs=a.epochs, iters=a.iters, fold=0, init=str(init) if init else None)
         results = Path(trained["results"])
         bundle_dir = work / "bundle"  # imported afresh: a continued training changed the checkpoint
         import_nnunet(results, bundle_dir, 0, overwrite=True)
@@ -177,7 +198,7 @@ def main() -> None:
         f"nnunetv2 {nnv} (own venv) vs medpipe {version('medpipe')}; model: nnU-Net's `{a.trainer}` on "
         f"{a.train_cases} phantom cases ({'x'.join(map(str, shape))} at ~{'x'.join(map(str, spacing))} mm), "
         f"{trained['iterations']} iterations, fold 0, {trained['train_seconds'] / 60:.1f} min of training"
-        f"{_sessions(trained)}; "
+        f"{_sessions(trained)}{_initialised(work, a.init_from)}; "
         f"{a.test_cases} held-out cases, both predictors in this one run, interleaved per case, "
         f"{a.threads} threads each. Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}.\n\n"
         + markdown_table(["case", "TTA", "nnU-Net s", "medpipe s", "speed-up", "agreement",

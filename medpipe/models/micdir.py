@@ -7,7 +7,8 @@ pulls the moving image onto the fixed grid. Structure as published:
 
 * encoder: six 3³ convs without bias, each + LeakyReLU(0.2), widths 16, 32, 32, 32, 32, 32,
   all but the first strided by 2 (so inputs are divisible by 32);
-* self-constructing graph (SCG) on the deepest features: a 4³ average pool gives 64 nodes;
+* self-constructing graph (SCG) on the deepest features: a 4³ average pool gives 64 nodes
+  (``nodes=None``: one node per bottleneck voxel instead, see below);
   node embeddings ``mu`` (3³ conv) and ``log_var`` (1³ conv) build a learned adjacency
   ``A = LeakyReLU(z zᵀ)`` (z sampled in training, ``mu`` in eval), normalised with self
   loops; its KL + diagonal-likelihood regulariser is the *graph loss*;
@@ -22,7 +23,13 @@ Deviations from the official code, on purpose: the GCN output is permuted ``(B, 
 and channels); the last conv of each velocity head is linear and initialised near zero
 (N(0, 1e-5), as VoxelMorph does) instead of LeakyReLU, so training starts at the identity
 and negative velocities are not damped; velocity is predicted in voxel units of the
-input grid. Losses (symmetric local NCC, diffusion, graph, cycle) live in
+input grid. ``nodes=None`` (not in the paper) drops the pool: at the published 128³ input the
+bottleneck *is* 4³, but a 48³ training crop leaves 2³ (pooled *up* to 4³, each node copied 8
+times) and the 96³ inference grid 3³, so a net trained on crops saw other graph statistics
+than it meets at inference (measured: it got worse on the 96³ grid while improving on crops,
+docs/registration.md). Without the pool a node is always one 32-voxel region and the GCN, whose
+weights act per node, runs on any number of them (inputs under 64 voxels along an axis still
+get 2 nodes there). Losses (symmetric local NCC, diffusion, graph, cycle) live in
 :mod:`medpipe.registration.losses`.
 """
 
@@ -50,20 +57,28 @@ class ConvAct(nn.Sequential):
 class SelfConstructingGraph(nn.Module):
     """SCG block (Liu et al. 2020): pooled nodes, a learned adjacency and its regulariser."""
 
-    def __init__(self, in_ch: int, hidden: int = 9, nodes: Sequence[int] = (4, 4, 4), dropout: float = 0.2):
+    def __init__(self, in_ch: int, hidden: int = 9, nodes: Sequence[int] | None = (4, 4, 4), dropout: float = 0.2):
         super().__init__()
-        self.node_shape = tuple(int(n) for n in nodes)
-        self.n_nodes = math.prod(self.node_shape)
+        # None: one node per bottleneck voxel (no pooling), so a node always stands for the same
+        # 32-voxel region whatever the input size (the graph just has more nodes on a bigger grid)
+        self.node_shape: tuple[int, ...] | None = None if nodes is None else tuple(int(n) for n in nodes)
+        self.n_nodes = math.prod(self.node_shape) if self.node_shape else 0
         self.hidden = hidden
-        self.pool = nn.AdaptiveAvgPool3d(self.node_shape)
         self.mu = nn.Sequential(nn.Conv3d(in_ch, hidden, 3, padding=1), nn.Dropout(dropout))
         self.log_var = nn.Sequential(nn.Conv3d(in_ch, hidden, 1), nn.Dropout(dropout))
         self.act = nn.LeakyReLU(0.2)
 
+    def node_grid(self, bottleneck: Sequence[int]) -> tuple[int, ...]:
+        """The node lattice for a bottleneck of this size (the fixed one, or the bottleneck's own,
+        at least 2 per axis: one node alone has no graph and no batch statistics)."""
+        return self.node_shape or tuple(max(2, int(n)) for n in bottleneck)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normalised adjacency (B, N, N), node features (B, N, C), graph loss, residual (B, N, hidden))."""
         b = x.shape[0]
-        pooled = self.pool(x)
+        grid = self.node_grid(x.shape[2:])
+        pooled = x if grid == tuple(x.shape[2:]) else F.adaptive_avg_pool3d(x, grid)
+        n_nodes = math.prod(grid)
         mu = self.mu(pooled).flatten(2).transpose(1, 2)  # (B, N, hidden)
         log_var = self.log_var(pooled).flatten(2).transpose(1, 2)
         z = mu + torch.exp(log_var) * torch.randn_like(mu) if self.training else mu
@@ -71,10 +86,10 @@ class SelfConstructingGraph(nn.Module):
         diag = torch.diagonal(adj, dim1=1, dim2=2)  # (B, N), >= 0
         gamma = torch.sqrt(1.0 + 1.0 / (diag.mean(dim=1) + 1e-6)).view(b, 1, 1)
         small = diag[diag < 1]
-        diag_ll = gamma.mean() * torch.log(small + 1e-7).sum() / (b * self.n_nodes * self.n_nodes)
-        kl = -0.5 / self.n_nodes * torch.mean(torch.sum(1 + 2 * log_var - mu.pow(2) - log_var.exp().pow(2), dim=1))
+        diag_ll = gamma.mean() * torch.log(small + 1e-7).sum() / (b * n_nodes * n_nodes)
+        kl = -0.5 / n_nodes * torch.mean(torch.sum(1 + 2 * log_var - mu.pow(2) - log_var.exp().pow(2), dim=1))
         adj = adj + gamma * torch.diag_embed(diag)
-        adj = adj + torch.eye(self.n_nodes, device=x.device, dtype=x.dtype)
+        adj = adj + torch.eye(n_nodes, device=x.device, dtype=x.dtype)
         deg = (adj.sum(dim=1) + 1e-5).pow(-0.5)
         adj = deg.unsqueeze(-1) * adj * deg.unsqueeze(-2)
         residual = gamma.mean() * mu * (1.0 - log_var)
@@ -132,7 +147,7 @@ class MICDIR(nn.Module):
 
     def __init__(self, in_channels: int = 2, num_classes: int = 3, *,
                  encoder: Sequence[int] = (16, 32, 32, 32, 32, 32), decoder: Sequence[int] = (32, 32, 32, 32, 32),
-                 nodes: Sequence[int] = (4, 4, 4), graph_hidden: int = 9, gcn: Sequence[int] = (16, 9),
+                 nodes: Sequence[int] | None = (4, 4, 4), graph_hidden: int = 9, gcn: Sequence[int] = (16, 9),
                  head: Sequence[int] = (16, 16), spatial_dims: int = 3):
         super().__init__()
         if spatial_dims != 3:
@@ -174,7 +189,7 @@ class MICDIR(nn.Module):
         for layer in self.gcn:
             g = layer(g, adj)
         g = adj @ g + residual  # (B, N, hidden)
-        g = g.transpose(1, 2).reshape(x.shape[0], -1, *self.graph.node_shape)
+        g = g.transpose(1, 2).reshape(x.shape[0], -1, *self.graph.node_grid(feats[5].shape[2:]))
         g = F.interpolate(g, size=feats[5].shape[2:], mode="trilinear", align_corners=False)
         half = None
         for i, fuse in enumerate(self.decoder):

@@ -4,7 +4,10 @@ Local NCC is VoxelMorph's windowed definition (window 9³, box sums by convoluti
 squared correlation ``cross² / (var_f var_m)`` averaged over voxels) and is returned
 *negated*, so every term here is minimised. Diffusion = mean squared forward difference
 of the field (VoxelMorph's ``Grad('l2')``). The cycle term is MICDIR's inverse
-consistency: composing the two directions of one pair should give the identity.
+consistency: composing the two directions of one pair should give the identity. The optional
+supervised term (not in MICDIR; ``LossWeights.supervised``) is the squared endpoint error
+against the known field of a synthetic pair: a dense signal that NCC alone gives only
+slowly, which matters when training has a CPU hour.
 """
 
 from __future__ import annotations
@@ -65,15 +68,21 @@ class LossWeights:
     half_ncc: float = 0.5
     half_smooth: float = 0.5
     cycle: float = 0.1
+    # not MICDIR's: squared endpoint error (voxels²) against the known field of a synthetic pair;
+    # 0 = the published unsupervised objective
+    supervised: float = 0.0
     window: int = 9
     steps: int = spatial.INTEGRATION_STEPS
     downsize: int = 2  # integrate at half resolution (MICDIR's and VoxelMorph's int_downsize)
 
 
-def _direction(model, fixed: torch.Tensor, moving: torch.Tensor, w: LossWeights) -> dict[str, torch.Tensor]:
+def _direction(model, fixed: torch.Tensor, moving: torch.Tensor, w: LossWeights,
+               truth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     out = model.forward_train(torch.cat((fixed, moving), dim=1))
     disp = spatial.exp_field(out["velocity"], w.steps, w.downsize)
     res = {"disp": disp, "ncc": local_ncc(fixed, spatial.warp(moving, disp), w.window), "smooth": diffusion(disp)}
+    if truth is not None and w.supervised > 0:
+        res["supervised"] = ((disp - truth) ** 2).sum(dim=1).mean()
     if "velocity_half" in out:
         half = out["velocity_half"]
         f_half = F.interpolate(fixed, size=half.shape[2:], mode="trilinear", align_corners=True)
@@ -87,18 +96,22 @@ def _direction(model, fixed: torch.Tensor, moving: torch.Tensor, w: LossWeights)
 
 
 def pair_losses(model, fixed: torch.Tensor, moving: torch.Tensor, w: LossWeights = LossWeights(),
-                symmetric: bool = True) -> dict[str, torch.Tensor]:
+                symmetric: bool = True, truth: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+                ) -> dict[str, torch.Tensor]:
     """MICDIR's objective for one batch: both directions with shared weights (``symmetric``),
-    half-resolution terms when the model has that head, graph loss, cycle consistency.
+    half-resolution terms when the model has that head, graph loss, cycle consistency; with
+    ``truth`` (the known fixed->moving and moving->fixed pull-backs of a synthetic pair, voxels)
+    and ``w.supervised`` > 0, also their squared endpoint error.
 
     Returns every term (detached values for logging) and ``total`` (to backpropagate).
     """
-    xy = _direction(model, fixed, moving, w)
+    t_xy, t_yx = truth if truth is not None else (None, None)
+    xy = _direction(model, fixed, moving, w, t_xy)
     dirs = [xy]
     if symmetric:
-        dirs.append(_direction(model, moving, fixed, w))
+        dirs.append(_direction(model, moving, fixed, w, t_yx))
     weights = {"ncc": w.ncc, "smooth": w.smooth, "graph": w.graph, "half_ncc": w.half_ncc,
-               "half_smooth": w.half_smooth}
+               "half_smooth": w.half_smooth, "supervised": w.supervised}
     total = torch.zeros((), dtype=fixed.dtype, device=fixed.device)
     terms: dict[str, torch.Tensor] = {}
     for key, weight in weights.items():

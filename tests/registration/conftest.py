@@ -33,7 +33,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("regbundle")
     ds = build_dataset({"generator": "phantoms", "cases": 3, "shape": [32, 36, 32], "seed": 5}, root / "ds")
     cfg = RegTrainConfig(name="tiny_micdir", atlas="phantom_00.nii.gz", grid=[32, 32, 32], crop=[32, 32, 32],
-                         epochs=1, iters_per_epoch=2, val_pairs=1, threads=1, synthetic_fraction=0.5)
+                         epochs=1, iters_per_epoch=2, val_pairs=1, threads=1, synthetic_fraction=0.5,
+                         arch={"nodes": None}, weights={"supervised": 0.1})  # the shipped recipe's options
     res = train_registration(ds, root / "bundle", cfg, progress=False)
     assert np.isfinite(res.log[-1]["loss"])
     return res.bundle

@@ -29,6 +29,22 @@ def test_micdir_structure_and_multiscale_outputs():
         create_model("micdir", spatial_dims=2)
 
 
+def test_micdir_without_pool_has_one_node_per_bottleneck_voxel_at_any_size():
+    pooled = create_model("micdir", in_channels=2, num_classes=3)
+    net = create_model("micdir", in_channels=2, num_classes=3, nodes=None)
+    assert count_parameters(net) == count_parameters(pooled)  # same weights: they act per node
+    net.load_state_dict(pooled.state_dict(), strict=True)
+    seen = []
+    net.graph.register_forward_hook(lambda mod, inp, out: seen.append(out[0].shape[-1]))
+    net.eval()
+    with torch.no_grad():
+        for size, nodes in ((64, 8), (96, 27)):  # bottleneck = size / 32 per axis
+            assert net(torch.rand(1, 2, size, size, size)).shape == (1, 3, size, size, size)
+            assert seen[-1] == nodes
+    out = net.train().forward_train(torch.rand(1, 2, 64, 64, 64))
+    assert torch.isfinite(out["graph_loss"])
+
+
 def test_voxelmorph_matches_the_pypi_package_parameter_count():
     assert model_info("voxelmorph", in_channels=2, num_classes=3).params == 105_017
     vxm = pytest.importorskip("voxelmorph")

@@ -15,7 +15,7 @@ from medpipe.models.bundle import MAX_SHIPPED_WEIGHTS_MB, load_bundle
 from medpipe.pipeline.stage import StageContext, get_stage
 from medpipe.registration import spatial
 from medpipe.registration.bundle import load_registration_bundle, registration_settings
-from medpipe.registration.training import _crop_sample
+from medpipe.registration.training import RegTrainConfig, _crop_sample, _draw_pair, _Volume
 
 SHIPPED = Path(medpipe.__file__).parent / "bundles" / "brain_micdir"
 
@@ -28,6 +28,34 @@ def test_crop_sampling_equals_warping_the_whole_grid_then_cropping():
     part = _crop_sample(vol, disp, [3, 5, 2], [16, 16, 16])
     assert torch.allclose(part, full[:, :, 3:19, 5:21, 2:18], atol=1e-5)
     assert float(spatial.jacobian_determinant(disp).min()) > 0  # the synthetic warps never fold
+
+
+def test_synthetic_pair_truth_maps_moving_onto_fixed_both_ways():
+    """The supervised term's targets: the known fields must actually align the pair."""
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    blob = np.exp(-(((x - 0.2) ** 2 + y**2 + (z + 0.1) ** 2) / 0.3)) + 0.5 * (np.sin(4 * x) * np.cos(3 * y) > 0.3)
+    vol = _Volume("blob", (blob / blob.max()).astype(np.float32), None)
+    cfg = RegTrainConfig(crop=[32, 32, 32], warp_amplitude=1.0, intensity_strength=0.0)
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(4):
+        f, m, truth = _draw_pair([vol], cfg, rng, atlas_mode=False, with_truth=True)
+        assert truth is not None and truth[0].shape == (1, 3, 32, 32, 32)
+        before = _inner_mse(f, m)
+        for fixed, moving, field in ((f, m, truth[0]), (m, f, truth[1])):
+            sampled = _inner_mse(fixed, spatial.warp(moving, field))
+            if before > 1e-4:
+                assert sampled < 0.05 * before
+                checked += 1
+    assert checked >= 4
+    _, _, none = _draw_pair([vol], cfg, rng, atlas_mode=False, with_truth=False)
+    assert none is None
+
+
+def _inner_mse(a: torch.Tensor, b: torch.Tensor, margin: int = 6) -> float:
+    """Mean squared difference away from the border (where a pull-back samples outside)."""
+    inner = (..., *[slice(margin, -margin)] * 3)
+    return float(((a - b) ** 2)[inner].mean())
 
 
 def test_intensity_augmentation_keeps_background_and_range():
