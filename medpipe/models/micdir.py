@@ -29,8 +29,13 @@ times) and the 96³ inference grid 3³, so a net trained on crops saw other grap
 than it meets at inference (measured: it got worse on the 96³ grid while improving on crops,
 docs/registration.md). Without the pool a node is always one 32-voxel region and the GCN, whose
 weights act per node, runs on any number of them (inputs under 64 voxels along an axis still
-get 2 nodes there). Losses (symmetric local NCC, diffusion, graph, cycle) live in
-:mod:`medpipe.registration.losses`.
+get 2 nodes there). ``graph_norm=True`` (not in the paper either) normalises the GCN layers
+with each graph's own node statistics at inference too, instead of BatchNorm's running averages: measured on a
+96³ validation grid after 50 training steps on 64³ crops, the running averages (gathered on
+crops that are mostly brain, applied to a grid with a wide background margin) made the
+endpoint error 6.26 mm against 2.89 mm for no registration at all; the graph's own statistics
+gave 3.00, on crops 2.57 (the training recipe sets both options). Losses (symmetric local
+NCC, diffusion, graph, cycle) live in :mod:`medpipe.registration.losses`.
 """
 
 from __future__ import annotations
@@ -99,10 +104,12 @@ class SelfConstructingGraph(nn.Module):
 class GCNLayer(nn.Module):
     """``y = Dropout(LeakyReLU(BN(Linear(A x))))`` over graph nodes ``(B, N, C)``."""
 
-    def __init__(self, in_features: int, out_features: int, dropout: float = 0.1):
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.1, graph_norm: bool = False):
         super().__init__()
         self.fc = nn.Linear(in_features, out_features)
-        self.norm = nn.BatchNorm1d(out_features)
+        # graph_norm: statistics of this graph's own nodes in training *and* inference (no running
+        # averages); same weights, so the parameter count is the published one
+        self.norm = nn.BatchNorm1d(out_features, track_running_stats=not graph_norm)
         self.act = nn.LeakyReLU(0.2)
         self.drop = nn.Dropout(dropout)
 
@@ -148,7 +155,7 @@ class MICDIR(nn.Module):
     def __init__(self, in_channels: int = 2, num_classes: int = 3, *,
                  encoder: Sequence[int] = (16, 32, 32, 32, 32, 32), decoder: Sequence[int] = (32, 32, 32, 32, 32),
                  nodes: Sequence[int] | None = (4, 4, 4), graph_hidden: int = 9, gcn: Sequence[int] = (16, 9),
-                 head: Sequence[int] = (16, 16), spatial_dims: int = 3):
+                 head: Sequence[int] = (16, 16), graph_norm: bool = False, spatial_dims: int = 3):
         super().__init__()
         if spatial_dims != 3:
             raise ValueError(f"MICDIR is a 3D network, spatial_dims must be 3, not {spatial_dims}")
@@ -164,7 +171,7 @@ class MICDIR(nn.Module):
                                      + [ConvAct(enc[i - 1], enc[i], stride=2) for i in range(1, 6)])
         self.graph = SelfConstructingGraph(enc[5], graph_hidden, nodes)
         widths = [enc[5], *gcn]
-        self.gcn = nn.ModuleList([GCNLayer(widths[i], widths[i + 1]) for i in range(len(gcn))])
+        self.gcn = nn.ModuleList([GCNLayer(widths[i], widths[i + 1], graph_norm=graph_norm) for i in range(len(gcn))])
         dec = list(decoder)
         ins = [graph_hidden, *dec[:-1]]
         skips = [enc[4], enc[3], enc[2], enc[1], enc[0]]

@@ -45,6 +45,23 @@ def test_micdir_without_pool_has_one_node_per_bottleneck_voxel_at_any_size():
     assert torch.isfinite(out["graph_loss"])
 
 
+def test_micdir_graph_norm_keeps_no_running_statistics():
+    """Inference must not depend on averages gathered on training crops (the shipped recipe)."""
+    torch.manual_seed(0)
+    net = create_model("micdir", in_channels=2, num_classes=3, nodes=None, graph_norm=True)
+    assert count_parameters(net) == 421_379
+    assert all(layer.norm.running_mean is None for layer in net.gcn)
+    x = torch.rand(1, 2, 64, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        before = net.forward_train(x)["velocity"]
+        net.train()
+        for _ in range(3):  # training steps on other data would move BatchNorm's running averages
+            net.forward_train(torch.rand(1, 2, 64, 64, 64) * 3)
+        net.eval()
+        assert torch.equal(net.forward_train(x)["velocity"], before)
+
+
 def test_voxelmorph_matches_the_pypi_package_parameter_count():
     assert model_info("voxelmorph", in_channels=2, num_classes=3).params == 105_017
     vxm = pytest.importorskip("voxelmorph")
