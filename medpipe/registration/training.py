@@ -8,9 +8,9 @@ atlas itself stays unwarped half the time), else two different images; both get
 independent same-modality intensity changes, and one random ``crop`` is cut from both. The
 loss is MICDIR's (symmetric local NCC, diffusion, graph, half-resolution terms, cycle
 consistency), plus, when ``weights.supervised`` > 0, the endpoint error against the known
-field of a synthetic pair (both directions). Validation every epoch: fixed synthetic pairs with known warps — Dice of the
-labels warped by the prediction against the labels warped by the truth, % folding, endpoint
-error (mm). ``checkpoint_latest.pt`` (weights, optimiser, RNG, log) every epoch; ``resume``
+field of a synthetic pair (both directions). Validation every epoch: fixed synthetic pairs
+with known warps — Dice of the labels warped by the prediction against the labels warped by
+the truth, % folding, endpoint error (mm). ``checkpoint_latest.pt`` (weights, optimiser, RNG, log) every epoch; ``resume``
 continues from it. The bundle gets the weights, the working-grid settings, the log, the
 learning curve, the validation report and, in atlas mode, the atlas image and labels.
 """
@@ -36,7 +36,8 @@ from medpipe.registration.losses import LossWeights, pair_losses
 __all__ = ["RegTrainConfig", "RegTrainResult", "train_registration", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint_latest.pt"
-LOG_FIELDS = ["epoch", "iterations", "loss", "ncc", "smooth", "graph", "cycle", "supervised", "val_dice", "val_folding_pct", "val_epe_mm",
+LOSS_TERMS = ("ncc", "smooth", "graph", "cycle", "supervised")  # averaged per epoch into the log
+LOG_FIELDS = ["epoch", "iterations", "loss", *LOSS_TERMS, "val_dice", "val_folding_pct", "val_epe_mm",
               "lr", "epoch_seconds", "train_seconds_total"]
 
 
@@ -164,8 +165,7 @@ def _pair_truth(d_fixed: torch.Tensor | None, inv_moving: torch.Tensor | None, l
                 ) -> torch.Tensor:
     """The true fixed->moving pull-back on the crop when fixed = base(x + d_f), moving =
     base(x + d_m): ``x + d_f(x) = y + d_m(y)`` gives ``u(x) = d_f(x) + d_m⁻¹(x + d_f(x))``."""
-    zeros = torch.zeros(1, 3, *crop)
-    df = zeros if d_fixed is None else _crop_sample(d_fixed, None, lo, crop)
+    df = torch.zeros(1, 3, *crop) if d_fixed is None else _crop_sample(d_fixed, None, lo, crop)
     if inv_moving is None:
         return df
     return df + _crop_sample(inv_moving, d_fixed, lo, crop)
@@ -343,11 +343,11 @@ def train_registration(folder: str | Path, out: str | Path, cfg: RegTrainConfig,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             n += 1
-            for k in ("total", "ncc", "smooth", "graph", "cycle", "supervised"):
+            for k in ("total", *LOSS_TERMS):
                 if k in terms:
                     sums[k] = sums.get(k, 0.0) + float(terms[k].detach())
         row = {"epoch": epoch + 1, "iterations": n, "loss": round(sums["total"] / n, 5), "lr": lr,
-               **{k: round(sums[k] / n, 5) for k in ("ncc", "smooth", "graph", "cycle", "supervised") if k in sums}}
+               **{k: round(sums[k] / n, 5) for k in LOSS_TERMS if k in sums}}
         row.update({k: round(v, 4) for k, v in _validate(model, val, cfg.spacing, weights.steps).items()})
         row["epoch_seconds"] = round(time.perf_counter() - t0, 1)
         spent += row["epoch_seconds"]
