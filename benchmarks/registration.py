@@ -136,9 +136,9 @@ def main() -> int:
     ap.add_argument("--amplitude", type=float, default=2.0)
     ap.add_argument("--micdir", default="brain_micdir")
     ap.add_argument("--voxelmorph", default=str(ROOT / "build" / "bundles" / "brain_voxelmorph"))
-    ap.add_argument("--refine", type=int, default=40, help="instance-optimisation iterations for the MICDIR+IO row")
+    ap.add_argument("--refine", type=int, default=10, help="instance-optimisation iterations for the MICDIR+IO row")
     ap.add_argument("--real", type=int, default=2, help="real pairs (0, 1 = Colin27 -> MNI152, 2 = both directions)")
-    ap.add_argument("--methods", default="affine,demons,syn,voxelmorph,micdir,micdir+io")
+    ap.add_argument("--methods", default="affine,demons,syn,voxelmorph,micdir,micdir-bf16,micdir+io")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "registration_benchmark.json")
     args = ap.parse_args()
@@ -157,10 +157,12 @@ def main() -> int:
     ants = _Ants(args.threads) if ANTS_PY.is_file() and "syn" in wanted else None
     methods = [m for m in wanted if m != "syn" or ants]
     rows: dict[str, dict[str, list[dict]]] = {m: {} for m in methods}
-    for p in pairs[:1]:  # warm-up: load the networks once, outside the timings
+    engines: dict[str, set[str]] = {}
+    for p in pairs:  # warm-up: load the networks and compile them for every working-grid shape, outside the timings
         for kind in ("micdir", "voxelmorph"):
-            if kind in methods:
-                register(p["fixed"], p["moving"], kind, bundle=getattr(args, kind), warp=False)
+            if any(m.startswith(kind) for m in methods):
+                for precision in ("fp32", "bf16") if f"{kind}-bf16" in methods else ("fp32",):
+                    register(p["fixed"], p["moving"], kind, bundle=getattr(args, kind), warp=False, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         for pair in pairs:
             for method in methods:
@@ -169,9 +171,12 @@ def main() -> int:
                     field, secs = ants.register(pair["fixed"], pair["moving"], Path(tmp))
                 else:
                     kind, bundle, refine = {"micdir": ("micdir", args.micdir, 0),
+                                            "micdir-bf16": ("micdir", args.micdir, 0),
                                             "micdir+io": ("micdir", args.micdir, args.refine),
                                             "voxelmorph": ("voxelmorph", args.voxelmorph, 0)}.get(method, (method, None, None))
-                    res = register(pair["fixed"], pair["moving"], kind, bundle=bundle, refine_iterations=refine, warp=False)
+                    res = register(pair["fixed"], pair["moving"], kind, bundle=bundle, refine_iterations=refine, warp=False,
+                                   precision="bf16" if method.endswith("-bf16") else "fp32")
+                    engines.setdefault(method, set()).add(res.facts.get("engine") or "-")
                     field, secs = res.field, res.total_seconds
                 score = _score(pair, field, secs)
                 rows[method].setdefault(pair["name"], []).append(score)
@@ -206,8 +211,10 @@ def main() -> int:
     body = (f"{len(real)} real pairs (Colin27 <-> MNI152 2009a, 2 mm, GM/WM labels) and {len(synth)} synthetic warps of "
             f"Colin27 (amplitude {args.amplitude} voxels, known truth); {args.threads} thread(s) for every method; "
             f"{load_phrase(load_before[0], load_after[0])}. MICDIR+IO = the MICDIR "
-            f"bundle plus {args.refine} instance-optimisation steps (Adam on the half-resolution velocity, same loss), "
-            "its seconds included.\n\n" + text + "\n\n"
+            f"bundle plus {args.refine} instance-optimisation steps (Adam on the half-resolution velocity, local NCC on the full-resolution images + diffusion), "
+            "its seconds included. Networks ran on: "
+            + ", ".join(f"{m} {'/'.join(sorted(e))}" for m, e in engines.items() if e != {"-"})
+            + " (OpenVINO compiled per working-grid shape in a warm-up, outside the timings).\n\n" + text + "\n\n"
             + "".join(f"- {m}: {syn_s / agg(m, 'seconds', real + synth):.1f}x less time per pair than SyN\n"
                       for m in methods if ants and m != "syn"))
     if not args.no_record:

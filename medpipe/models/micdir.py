@@ -88,13 +88,14 @@ class SelfConstructingGraph(nn.Module):
         log_var = self.log_var(pooled).flatten(2).transpose(1, 2)
         z = mu + torch.exp(log_var) * torch.randn_like(mu) if self.training else mu
         adj = self.act(z @ z.transpose(1, 2))
-        diag = torch.diagonal(adj, dim1=1, dim2=2)  # (B, N), >= 0
+        # diagonal by masking (not torch.diagonal / diag_embed: OpenVINO has no rule for them)
+        eye = torch.eye(n_nodes, device=x.device, dtype=x.dtype)
+        diag = (adj * eye).sum(dim=-1)  # (B, N), >= 0
         gamma = torch.sqrt(1.0 + 1.0 / (diag.mean(dim=1) + 1e-6)).view(b, 1, 1)
         small = diag[diag < 1]
         diag_ll = gamma.mean() * torch.log(small + 1e-7).sum() / (b * n_nodes * n_nodes)
         kl = -0.5 / n_nodes * torch.mean(torch.sum(1 + 2 * log_var - mu.pow(2) - log_var.exp().pow(2), dim=1))
-        adj = adj + gamma * torch.diag_embed(diag)
-        adj = adj + torch.eye(n_nodes, device=x.device, dtype=x.dtype)
+        adj = adj + gamma * (adj * eye) + eye
         deg = (adj.sum(dim=1) + 1e-5).pow(-0.5)
         adj = deg.unsqueeze(-1) * adj * deg.unsqueeze(-2)
         residual = gamma.mean() * mu * (1.0 - log_var)
@@ -169,7 +170,10 @@ class MICDIR(nn.Module):
         enc = list(encoder)
         self.encoder = nn.ModuleList([ConvAct(in_channels, enc[0])]
                                      + [ConvAct(enc[i - 1], enc[i], stride=2) for i in range(1, 6)])
-        self.graph = SelfConstructingGraph(enc[5], graph_hidden, nodes)
+        # not ``self.graph``: TorchScript modules and fx graph modules have their own ``graph``
+        # attribute, so a submodule of that name broke both exporters (OpenVINO's trace and
+        # ``torch.export``)
+        self.scg = SelfConstructingGraph(enc[5], graph_hidden, nodes)
         widths = [enc[5], *gcn]
         self.gcn = nn.ModuleList([GCNLayer(widths[i], widths[i + 1], graph_norm=graph_norm) for i in range(len(gcn))])
         dec = list(decoder)
@@ -178,25 +182,26 @@ class MICDIR(nn.Module):
         self.decoder = nn.ModuleList([UpFuse(ins[i], skips[i], dec[i]) for i in range(5)])
         self.head_full = _flow_head(dec[4] + self.fixed_channels, head, num_classes)
         self.head_half = _flow_head(dec[3], head, num_classes)
-        for m in (*self.gcn, self.graph):
+        for m in (*self.gcn, self.scg):
             for mod in m.modules():
                 if isinstance(mod, nn.Linear):
                     nn.init.orthogonal_(mod.weight)
                     nn.init.zeros_(mod.bias)
 
-    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``velocity`` (full res), ``velocity_half`` (half res) and the scalar ``graph_loss``."""
+    def forward_train(self, x: torch.Tensor, half_head: bool = True) -> dict[str, torch.Tensor]:
+        """``velocity`` (full res), ``velocity_half`` (half res; only with ``half_head``, a
+        training-only term) and the scalar ``graph_loss``."""
         feats = []
         h = x
         for conv in self.encoder:
             h = conv(h)
             feats.append(h)
-        adj, nodes, graph_loss, residual = self.graph(feats[5])
+        adj, nodes, graph_loss, residual = self.scg(feats[5])
         g = nodes
         for layer in self.gcn:
             g = layer(g, adj)
         g = adj @ g + residual  # (B, N, hidden)
-        g = g.transpose(1, 2).reshape(x.shape[0], -1, *self.graph.node_grid(feats[5].shape[2:]))
+        g = g.transpose(1, 2).reshape(x.shape[0], -1, *self.scg.node_grid(feats[5].shape[2:]))
         g = F.interpolate(g, size=feats[5].shape[2:], mode="trilinear", align_corners=False)
         half = None
         for i, fuse in enumerate(self.decoder):
@@ -204,10 +209,14 @@ class MICDIR(nn.Module):
             if i == 3:
                 half = g
         full = self.head_full(torch.cat((x[:, : self.fixed_channels], g), dim=1))
-        return {"velocity": full, "velocity_half": self.head_half(half), "graph_loss": graph_loss}
+        out = {"velocity": full, "graph_loss": graph_loss}
+        if half_head:
+            out["velocity_half"] = self.head_half(half)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_train(x)["velocity"]
+        return self.forward_train(x, half_head=False)["velocity"]
+
 
 
 @register_model

@@ -19,25 +19,41 @@ import torch.nn.functional as F
 
 from medpipe.registration import spatial
 
-__all__ = ["local_ncc", "diffusion", "cycle_consistency", "LossWeights", "pair_losses"]
+__all__ = ["local_ncc", "fixed_ncc_sums", "diffusion", "cycle_consistency", "LossWeights", "pair_losses"]
 
 
-def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """Negative mean local squared NCC over ``window``³ neighbourhoods (−1 = perfect)."""
+def _box_sum(t: torch.Tensor, window: int) -> torch.Tensor:
+    """Separable ``window``³ box sum per channel (zero padding): 3 x window MACs, not window³."""
+    g, pad = t.shape[1], window // 2
+    ones = torch.ones(window, dtype=t.dtype, device=t.device)
+    for axis in range(3):
+        shape, padding = [1, 1, 1], [0, 0, 0]
+        shape[axis], padding[axis] = window, pad
+        t = F.conv3d(t, ones.view(1, 1, *shape).expand(g, 1, *shape), padding=tuple(padding), groups=g)
+    return t
+
+
+def fixed_ncc_sums(fixed: torch.Tensor, window: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed image's box sums (of f and f²) that ``local_ncc`` needs: constant while only
+    the warp changes (instance optimisation), so computed once there."""
+    s_f, s_ff = _box_sum(torch.cat((fixed, fixed * fixed), dim=1), window).split(fixed.shape[1], dim=1)
+    return s_f, s_ff
+
+
+def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5,
+              fixed_sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Negative mean local squared NCC over ``window``³ neighbourhoods (−1 = perfect);
+    ``fixed_sums`` = ``fixed_ncc_sums(fixed, window)`` when already at hand."""
     c = fixed.shape[1]
-    pad = window // 2
     n = float(window**3)
-    ones = torch.ones(window, dtype=fixed.dtype, device=fixed.device)
-    kernels = [ones.view(1, 1, window, 1, 1), ones.view(1, 1, 1, window, 1), ones.view(1, 1, 1, 1, window)]
-    pads = [(pad, 0, 0), (0, pad, 0), (0, 0, pad)]
-
-    def box(t: torch.Tensor) -> torch.Tensor:  # separable 9x9x9 box sum (zero padding): 27 MACs, not 729
-        for k, p in zip(kernels, pads, strict=True):
-            t = F.conv3d(t, k.expand(c, 1, *k.shape[2:]), padding=p, groups=c)
-        return t
-
-    s_f, s_m = box(fixed), box(warped)
-    s_ff, s_mm, s_fm = box(fixed * fixed), box(warped * warped), box(fixed * warped)
+    # the maps as channels of one tensor: three depthwise convolutions instead of five times
+    # three (2.5x less time at 96x128x96, forward and backward; the same sums)
+    if fixed_sums is None:
+        sums = _box_sum(torch.cat((fixed, warped, fixed * fixed, warped * warped, fixed * warped), dim=1), window)
+        s_f, s_m, s_ff, s_mm, s_fm = sums.split(c, dim=1)
+    else:
+        s_f, s_ff = fixed_sums
+        s_m, s_mm, s_fm = _box_sum(torch.cat((warped, warped * warped, fixed * warped), dim=1), window).split(c, dim=1)
     cross = s_fm - s_f * s_m / n
     var_f = s_ff - s_f * s_f / n
     var_m = s_mm - s_m * s_m / n

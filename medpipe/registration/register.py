@@ -78,11 +78,20 @@ _MODELS: dict[tuple[str, str], Any] = {}
 def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str | None = None,
              affine: bool = True, refine_iterations: int | None = None, demons_iterations: tuple[int, ...] | None = None,
              bspline_iterations: int | None = None, device: str = "cpu", output_grid: Image | None = None,
-             check_modality: bool = True, min_overlap: float = 0.3, warp: bool = True) -> RegistrationResult:
+             check_modality: bool = True, min_overlap: float = 0.3, warp: bool = True, engine: str = "auto",
+             precision: str = "fp32") -> RegistrationResult:
     """Register ``moving`` onto ``fixed``; see the module docstring. ``output_grid`` (default
-    ``fixed``) is where the field and the warped image are returned."""
+    ``fixed``) is where the field and the warped image are returned. ``engine`` / ``precision``
+    choose what runs a learned method's network (``auto``: OpenVINO on the CPU when installed;
+    ``precision`` ``fp32`` or ``bf16``, OpenVINO's inference hint)."""
+    from medpipe.registration.deep import ENGINES
+
     if method not in METHODS:
         raise InputError(f"unknown registration method {method!r}; choose one of {', '.join(METHODS)}")
+    if engine not in ENGINES:
+        raise InputError(f"unknown registration engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"registration precision must be fp32 or bf16, not {precision!r}")
     check_volume(fixed, "the fixed image")
     check_volume(moving, "the moving image")
     deep = method in ("micdir", "voxelmorph")
@@ -120,10 +129,11 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
         steps = settings.refine_iterations if refine_iterations is None else refine_iterations
         deformable, timing = predict_deformable(net, f_work, m_work, matrix, spacing=spacing,
                                                 shape=tuple(settings.grid), steps=settings.integration_steps,
-                                                refine_iterations=steps, device=device)
+                                                refine_iterations=steps, device=device, engine=engine,
+                                                precision=precision)
         secs["deformable_s"] = time.perf_counter() - t0
         facts.update({k: round(v, 3) for k, v in timing.items()}, refine_iterations=steps,
-                     working_grid=deformable.meta.get("working_grid"))
+                     working_grid=deformable.meta.get("working_grid"), engine=deformable.meta.get("engine"))
         t0 = time.perf_counter()
         total = compose_affine(deformable.on_grid(out_grid), matrix)
     elif method == "affine":

@@ -8,7 +8,7 @@ import torch
 
 from medpipe.metrics import folding_percent, jacobian_determinant_l2r, registration_label_metrics, sdlogj
 from medpipe.registration import spatial
-from medpipe.registration.losses import cycle_consistency, diffusion, local_ncc
+from medpipe.registration.losses import _box_sum, cycle_consistency, diffusion, fixed_ncc_sums, local_ncc
 
 
 def _blobs(seed=0, shape=(24, 24, 24)):
@@ -23,12 +23,17 @@ def test_local_ncc_is_minus_one_for_affine_intensity_changes_and_worse_when_shif
     assert float(local_ncc(a, 3.0 * a + 0.5)) < -0.99  # zero padding at the border breaks the offset slightly
     shifted = torch.roll(a, 2, dims=3)
     assert float(local_ncc(a, shifted)) > float(local_ncc(a, a)) + 0.2
-    # the separable box sum equals the dense 9^3 window
-    dense = torch.nn.functional.conv3d(a, torch.ones(1, 1, 9, 9, 9), padding=4)
-    sep = a
-    for k in ((9, 1, 1), (1, 9, 1), (1, 1, 9)):
-        sep = torch.nn.functional.conv3d(sep, torch.ones(1, 1, *k), padding=tuple(s // 2 for s in k))
-    assert torch.allclose(dense, sep, rtol=1e-4, atol=1e-3)
+    # our separable box sum (channels summed apart) equals the dense 9^3 window
+    two = torch.cat((a, a * a), dim=1)
+    dense = torch.nn.functional.conv3d(two, torch.ones(2, 1, 9, 9, 9), padding=4, groups=2)
+    assert torch.allclose(_box_sum(two, 9), dense, rtol=1e-4, atol=1e-3)
+    # the fixed image's sums computed once (instance optimisation) give the same loss and gradient
+    w = shifted.clone().requires_grad_(True)
+    plain = local_ncc(a, w)
+    (g_plain,) = torch.autograd.grad(plain, w)
+    cached = local_ncc(a, w, fixed_sums=fixed_ncc_sums(a))
+    (g_cached,) = torch.autograd.grad(cached, w)
+    assert float(plain) == pytest.approx(float(cached), abs=1e-6) and torch.allclose(g_plain, g_cached, atol=1e-7)
 
 
 def test_diffusion_and_cycle_terms():

@@ -13,7 +13,7 @@ def test_micdir_structure_and_multiscale_outputs():
     widths = [blk[0].out_channels for blk in net.encoder]
     assert widths == [16, 32, 32, 32, 32, 32]
     assert [blk[0].stride[0] for blk in net.encoder] == [1, 2, 2, 2, 2, 2]
-    assert net.graph.n_nodes == 64 and len(net.gcn) == 2
+    assert net.scg.n_nodes == 64 and len(net.gcn) == 2
     assert count_parameters(net) == 421_379
     x = torch.rand(1, 2, 64, 64, 64)
     out = net.train().forward_train(x)
@@ -35,7 +35,7 @@ def test_micdir_without_pool_has_one_node_per_bottleneck_voxel_at_any_size():
     assert count_parameters(net) == count_parameters(pooled)  # same weights: they act per node
     net.load_state_dict(pooled.state_dict(), strict=True)
     seen = []
-    net.graph.register_forward_hook(lambda mod, inp, out: seen.append(out[0].shape[-1]))
+    net.scg.register_forward_hook(lambda mod, inp, out: seen.append(out[0].shape[-1]))
     net.eval()
     with torch.no_grad():
         for size, nodes in ((64, 8), (96, 27)):  # bottleneck = size / 32 per axis

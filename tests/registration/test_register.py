@@ -67,6 +67,23 @@ def test_learned_method_with_a_bundle_and_instance_optimisation(brain_pair, tiny
         register(f, m, "voxelmorph", bundle=str(tiny_bundle))
 
 
+def test_openvino_and_torch_run_the_same_network(brain_pair, tiny_bundle):
+    # the shipped MICDIR once had a submodule named ``graph`` (clashes with TorchScript's and fx's
+    # own attribute) and torch.diagonal (no OpenVINO rule): this is the test that it exports
+    pytest.importorskip("openvino")
+    f, _, m, _ = brain_pair
+    ref = register(f, m, "micdir", bundle=str(tiny_bundle), engine="torch", warp=False)
+    ov = register(f, m, "micdir", bundle=str(tiny_bundle), engine="openvino", warp=False)
+    assert ref.facts["engine"] == "torch" and ov.facts["engine"] == "openvino-fp32"
+    assert np.abs(ov.field.array - ref.field.array).max() < 1e-3  # mm
+    bf16 = register(f, m, "micdir", bundle=str(tiny_bundle), engine="openvino", precision="bf16", warp=False)
+    assert bf16.facts["engine"] == "openvino-bf16"
+    with pytest.raises(InputError, match="unknown registration engine 'gpu'"):
+        register(f, m, "micdir", bundle=str(tiny_bundle), engine="gpu")
+    with pytest.raises(InputError, match="precision must be fp32 or bf16"):
+        register(f, m, "micdir", bundle=str(tiny_bundle), precision="int8")
+
+
 def test_bad_inputs_are_refused_with_one_sentence(brain_pair, tiny_bundle):
     f, _, m, _ = brain_pair
     flat = Image(np.ones((1, 40, 48, 1), np.float32), f.affine)
