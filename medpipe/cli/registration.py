@@ -73,6 +73,8 @@ def register_cmd(
     bundle: str | None = typer.Option(None, "--bundle", help="Registration bundle (micdir default: brain_micdir)."),
     labels: Path | None = typer.Option(None, "--labels", help="Moving label map to propagate onto the fixed grid."),
     refine: int | None = typer.Option(None, "--refine", help="Instance-optimisation iterations (default: bundle's)."),
+    engine: str = typer.Option("auto", "--engine", help="Network engine: auto (OpenVINO when installed), torch, openvino."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (OpenVINO's inference precision)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Register MOVING onto FIXED; write the displacement field (ITK/Slicer readable) and the warped image."""
@@ -88,7 +90,7 @@ def register_cmd(
 
     f_img, m_img = read_image(fixed), read_image(moving)
     lab = read_volume(labels, is_label=True) if labels else None
-    res = register(f_img, m_img, method, bundle=bundle, refine_iterations=refine)
+    res = register(f_img, m_img, method, bundle=bundle, refine_iterations=refine, engine=engine, precision=precision)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         res.field.save(tmp / "field.nii.gz")
         res.warped.save(tmp / "warped.nii.gz")

@@ -33,7 +33,7 @@ def test_local_ncc_is_minus_one_for_affine_intensity_changes_and_worse_when_shif
     (g_plain,) = torch.autograd.grad(plain, w)
     cached = local_ncc(a, w, fixed_sums=fixed_ncc_sums(a))
     (g_cached,) = torch.autograd.grad(cached, w)
-    assert float(plain) == pytest.approx(float(cached), abs=1e-6) and torch.allclose(g_plain, g_cached, atol=1e-7)
+    assert plain.item() == pytest.approx(cached.item(), abs=1e-6) and torch.allclose(g_plain, g_cached, atol=1e-7)
 
 
 def test_diffusion_and_cycle_terms():

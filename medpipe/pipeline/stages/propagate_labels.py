@@ -64,7 +64,8 @@ class PropagateLabels(Stage):
         subject = inputs["image"]
         method_bundle = p.bundle or (p.atlas_bundle if p.method == bundle.config.architecture else None)
         res = register(subject, atlas, p.method, bundle=method_bundle, affine=p.affine,
-                       refine_iterations=p.refine_iterations, device=ctx.device, min_overlap=p.min_overlap)
+                       refine_iterations=p.refine_iterations, device=ctx.device, min_overlap=p.min_overlap,
+                       engine=p.engine, precision=p.precision)
         labels = warp_image(atlas_labels, res.field, label_mode=p.label_mode)
         labels.meta.modality = "SEG"
         labels.meta.description = f"{bundle.config.name} atlas labels propagated by {p.method}"

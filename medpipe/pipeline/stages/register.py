@@ -24,6 +24,8 @@ class RegisterParams(StageParams):
     affine: bool = True  # SimpleITK affine pre-alignment (Mattes MI) first
     refine_iterations: int | None = Field(None, ge=0)  # instance optimisation; default: the bundle's
     min_overlap: float = Field(0.3, ge=0.0, le=1.0)
+    engine: Literal["auto", "torch", "openvino"] = "auto"  # what runs a learned method's network
+    precision: Literal["fp32", "bf16"] = "fp32"  # OpenVINO's inference precision
 
 
 def registration_bundle_inputs(params: Any) -> list[Path]:
@@ -56,6 +58,7 @@ class Register(Stage):
 
         p = self.params
         res = register(inputs["fixed"], inputs["moving"], p.method, bundle=p.bundle, affine=p.affine,
-                       refine_iterations=p.refine_iterations, device=ctx.device, min_overlap=p.min_overlap)
+                       refine_iterations=p.refine_iterations, device=ctx.device, min_overlap=p.min_overlap,
+                       engine=p.engine, precision=p.precision)
         ctx.facts["register"] = {**res.facts, "seconds": res.seconds}
         return {"field": res.field, "image": res.warped}
