@@ -79,11 +79,12 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
              affine: bool = True, refine_iterations: int | None = None, demons_iterations: tuple[int, ...] | None = None,
              bspline_iterations: int | None = None, device: str = "cpu", output_grid: Image | None = None,
              check_modality: bool = True, min_overlap: float = 0.3, warp: bool = True, engine: str = "auto",
-             precision: str = "fp32") -> RegistrationResult:
+             precision: str = "fp32", refine_options: dict[str, Any] | None = None) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``; see the module docstring. ``output_grid`` (default
     ``fixed``) is where the field and the warped image are returned. ``engine`` / ``precision``
     choose what runs a learned method's network (``auto``: OpenVINO on the CPU when installed;
-    ``precision`` ``fp32`` or ``bf16``, OpenVINO's inference hint)."""
+    ``precision`` ``fp32`` or ``bf16``, OpenVINO's inference hint). ``refine_options`` go to
+    :func:`medpipe.registration.deep.refine_velocity` (``lr``, ``smooth``, ``loss_resolution``)."""
     from medpipe.registration.deep import ENGINES
 
     if method not in METHODS:
@@ -92,6 +93,10 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
         raise InputError(f"unknown registration engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if precision not in ("fp32", "bf16"):
         raise InputError(f"registration precision must be fp32 or bf16, not {precision!r}")
+    unknown = set(refine_options or {}) - {"lr", "smooth", "window", "loss_resolution"}
+    if unknown:
+        raise InputError(f"unknown instance-optimisation option(s) {', '.join(sorted(unknown))}; "
+                         "choose from lr, smooth, window, loss_resolution")
     check_volume(fixed, "the fixed image")
     check_volume(moving, "the moving image")
     deep = method in ("micdir", "voxelmorph")
@@ -130,7 +135,7 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
         deformable, timing = predict_deformable(net, f_work, m_work, matrix, spacing=spacing,
                                                 shape=tuple(settings.grid), steps=settings.integration_steps,
                                                 refine_iterations=steps, device=device, engine=engine,
-                                                precision=precision)
+                                                precision=precision, refine_options=refine_options)
         secs["deformable_s"] = time.perf_counter() - t0
         facts.update({k: round(v, 3) for k, v in timing.items()}, refine_iterations=steps,
                      working_grid=deformable.meta.get("working_grid"), engine=deformable.meta.get("engine"))

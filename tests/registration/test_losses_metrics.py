@@ -76,3 +76,21 @@ def test_propagated_label_metrics_follow_learn2reg_presence_rule():
     m = registration_label_metrics(warped, fixed, [1, 2, 3], spacing=(2.0, 1.0, 1.0), moving=moving)
     assert m[1]["dice"] == pytest.approx(0.9) and m[1]["hd95"] == pytest.approx(2.0)
     assert np.isnan(m[2]["dice"]) and np.isnan(m[3]["dice"])
+
+
+@pytest.mark.parametrize("resolution", ["full", "half"])
+def test_instance_optimisation_lowers_the_full_resolution_loss(resolution):
+    from medpipe.registration import spatial
+    from medpipe.registration.deep import refine_velocity
+
+    a = torch.nn.functional.avg_pool3d(_blobs(shape=(32, 32, 32)), 5, stride=1, padding=2)  # smooth: a wide basin
+    moved = torch.roll(a, 1, dims=3)  # the moving image: the fixed one shifted one voxel
+    zero = torch.zeros(1, 3, *a.shape[2:])
+    before = float(local_ncc(a, moved))
+    vel = refine_velocity(zero, a, moved, 15, loss_resolution=resolution, smooth=0.1)
+    warped = spatial.warp(moved, spatial.integrate_velocity(vel))
+    assert float(local_ncc(a, warped)) < before - 0.05
+    inner = (slice(None), slice(None), *[slice(6, -6)] * 3)  # away from the rolled-over border
+    assert float(((warped - a)[inner] ** 2).mean()) < 0.7 * float(((moved - a)[inner] ** 2).mean())
+    with pytest.raises(ValueError, match="loss_resolution must be"):
+        refine_velocity(zero, a, moved, 1, loss_resolution="quarter")

@@ -82,6 +82,8 @@ def test_openvino_and_torch_run_the_same_network(brain_pair, tiny_bundle):
         register(f, m, "micdir", bundle=str(tiny_bundle), engine="gpu")
     with pytest.raises(InputError, match="precision must be fp32 or bf16"):
         register(f, m, "micdir", bundle=str(tiny_bundle), precision="int8")
+    with pytest.raises(InputError, match="unknown instance-optimisation option.* steps"):
+        register(f, m, "micdir", bundle=str(tiny_bundle), refine_iterations=2, refine_options={"steps": 3})
 
 
 def test_bad_inputs_are_refused_with_one_sentence(brain_pair, tiny_bundle):
