@@ -9,10 +9,10 @@ The velocity is integrated by scaling and squaring; the deformable part is retur
 world-mm field on the working grid, to be composed with the affine on the output grid.
 
 Instance optimisation (``refine_iterations``; 0 = off): the integrated field is refined by
-Adam on the velocity at half resolution, minimising the same local NCC (on the full-resolution
-images) + diffusion the network was trained with, for this one pair. It is the network's answer, improved by a few
-steps of classic optimisation (as Learn2Reg's leading entries do), and is reported as
-such: its seconds are counted in every timing.
+Adam on the velocity at half resolution, minimising the same local NCC (on the
+full-resolution images) + diffusion the network was trained with, for this one pair. It is
+the network's answer, improved by a few steps of classic optimisation (as Learn2Reg's
+leading entries do), and is reported as such: its seconds are counted in every timing.
 """
 
 from __future__ import annotations
