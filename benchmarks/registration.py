@@ -170,12 +170,13 @@ def main() -> int:
                 if method == "syn":
                     field, secs = ants.register(pair["fixed"], pair["moving"], Path(tmp))
                 else:
-                    kind, bundle, refine = {"micdir": ("micdir", args.micdir, 0),
-                                            "micdir-bf16": ("micdir", args.micdir, 0),
-                                            "micdir+io": ("micdir", args.micdir, args.refine),
-                                            "voxelmorph": ("voxelmorph", args.voxelmorph, 0)}.get(method, (method, None, None))
+                    kind, bundle, refine, precision = {
+                        "micdir": ("micdir", args.micdir, 0, "fp32"),
+                        "micdir-bf16": ("micdir", args.micdir, 0, "bf16"),
+                        "micdir+io": ("micdir", args.micdir, args.refine, "fp32"),
+                        "voxelmorph": ("voxelmorph", args.voxelmorph, 0, "fp32")}.get(method, (method, None, None, "fp32"))
                     res = register(pair["fixed"], pair["moving"], kind, bundle=bundle, refine_iterations=refine, warp=False,
-                                   precision="bf16" if method.endswith("-bf16") else "fp32")
+                                   precision=precision)
                     engines.setdefault(method, set()).add(res.facts.get("engine") or "-")
                     field, secs = res.field, res.total_seconds
                 score = _score(pair, field, secs)

@@ -218,7 +218,6 @@ class MICDIR(nn.Module):
         return self.forward_train(x, half_head=False)["velocity"]
 
 
-
 @register_model
 @with_task("registration")
 def micdir(**cfg) -> MICDIR:

@@ -30,7 +30,7 @@ from medpipe.registration import spatial
 from medpipe.registration.field import DisplacementField, sample_world
 from medpipe.registration.losses import diffusion, fixed_ncc_sums, local_ncc
 
-__all__ = ["ENGINES", "working_grid", "to_working_grid", "predict_deformable", "refine_velocity"]
+__all__ = ["ENGINES", "REFINE_OPTIONS", "working_grid", "to_working_grid", "predict_deformable", "refine_velocity"]
 
 
 def working_grid(fixed: Image, spacing: float, shape: tuple[int, int, int], multiple: int = 32
@@ -69,19 +69,22 @@ def to_working_grid(image: Image, aff: np.ndarray, shape: tuple[int, int, int],
     return normalize_intensity(vol) if normalize else vol
 
 
+REFINE_OPTIONS = ("lr", "smooth", "window", "loss_resolution")  # refine_velocity's tunable keywords
+
+
 def refine_velocity(velocity: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, iterations: int, *,
                     steps: int = spatial.INTEGRATION_STEPS, smooth: float = 1.0, lr: float = 0.2,
                     window: int = 9, loss_resolution: str = "full") -> torch.Tensor:
     """Instance optimisation: Adam on a half-resolution velocity initialised from the network's,
     integrated at half resolution, the image loss taken at full resolution.
 
-    Why the full-resolution loss: measured on the registration benchmark's pairs (side check),
-    20 steps with the loss on half-resolution images gave real-pair Dice 0.769 / synthetic 0.879,
-    with the loss on the full-resolution images 0.814 / 0.906 (10 steps at ``lr`` 0.2: 0.816 /
-    0.897): the fine edges that decide label overlap are averaged away on the half grid. The
-    velocity stays on the half grid (smooth, 8x fewer unknowns, 8x cheaper integration).
-    ``loss_resolution="half"`` is the earlier variant (images resized to the half grid), kept
-    for ``benchmarks/registration_io.py``."""
+    Why the full-resolution loss (``benchmarks/registration_io.py``, the registration
+    benchmark's pairs): 40 steps with the loss on half-resolution images (lr 0.1, the earlier
+    variant, ``loss_resolution="half"``) gave real-pair Dice 0.769 / synthetic 0.879, 10 steps
+    on the full-resolution images 0.816 / 0.897: the fine edges that decide label overlap are
+    averaged away on the half grid. The velocity stays on the half grid (smooth, 8x fewer
+    unknowns, 8x cheaper integration). ``REFINE_OPTIONS`` names the keywords ``register``
+    passes through."""
     if loss_resolution not in ("full", "half"):
         raise ValueError(f"loss_resolution must be 'full' or 'half', not {loss_resolution!r}")
     shape = tuple(velocity.shape[2:])
@@ -109,11 +112,12 @@ def _forward(model: torch.nn.Module, f: torch.Tensor, m: torch.Tensor, engine: s
              ) -> tuple[torch.Tensor, str]:
     """The network's velocity for one pair, and the engine that ran it.
 
-    ``auto`` = OpenVINO on the CPU when it is installed (the shipped MICDIR at 96x128x96 on one
-    thread: 0.88 s vs torch's 2.69 s, largest difference 1.2e-6 voxels; bf16 0.44 s, 0.024
-    voxels: a side check, the benchmark's MICDIR rows say what it does to Dice), else torch.
-    The compiled model is cached per working-grid shape (memory and disk), so only the first
-    pair of a new shape pays the conversion."""
+    ``auto`` = OpenVINO on the CPU when it is installed, else torch. The shipped MICDIR on the
+    registration benchmark's working grids, one thread (``benchmarks/registration_io.py``):
+    torch 1.70 s, OpenVINO fp32 0.64 s (largest velocity difference 3.1e-6 voxels), bf16 0.33 s
+    (0.027 voxels, the same Dice to three decimals in ``benchmarks/registration.py``). The
+    compiled model is cached per working-grid shape (memory and disk), so only the first pair
+    of a new shape pays the conversion."""
     x = torch.cat((f, m), dim=1)
     if engine != "torch" and f.device.type == "cpu":
         from medpipe.inference.openvino_backend import load_openvino_network, openvino_available

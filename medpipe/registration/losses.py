@@ -46,14 +46,10 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
     ``fixed_sums`` = ``fixed_ncc_sums(fixed, window)`` when already at hand."""
     c = fixed.shape[1]
     n = float(window**3)
-    # the maps as channels of one tensor: three depthwise convolutions instead of five times
-    # three (2.5x less time at 96x128x96, forward and backward; the same sums)
-    if fixed_sums is None:
-        sums = _box_sum(torch.cat((fixed, warped, fixed * fixed, warped * warped, fixed * warped), dim=1), window)
-        s_f, s_m, s_ff, s_mm, s_fm = sums.split(c, dim=1)
-    else:
-        s_f, s_ff = fixed_sums
-        s_m, s_mm, s_fm = _box_sum(torch.cat((warped, warped * warped, fixed * warped), dim=1), window).split(c, dim=1)
+    # the maps as channels of one tensor, three depthwise convolutions each (not fifteen
+    # convolutions); the fixed image's two apart, outside the warped maps' backward pass
+    s_f, s_ff = fixed_ncc_sums(fixed, window) if fixed_sums is None else fixed_sums
+    s_m, s_mm, s_fm = _box_sum(torch.cat((warped, warped * warped, fixed * warped), dim=1), window).split(c, dim=1)
     cross = s_fm - s_f * s_m / n
     var_f = s_ff - s_f * s_f / n
     var_m = s_mm - s_m * s_m / n

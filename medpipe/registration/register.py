@@ -84,8 +84,8 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
     ``fixed``) is where the field and the warped image are returned. ``engine`` / ``precision``
     choose what runs a learned method's network (``auto``: OpenVINO on the CPU when installed;
     ``precision`` ``fp32`` or ``bf16``, OpenVINO's inference hint). ``refine_options`` go to
-    :func:`medpipe.registration.deep.refine_velocity` (``lr``, ``smooth``, ``loss_resolution``)."""
-    from medpipe.registration.deep import ENGINES
+    :func:`medpipe.registration.deep.refine_velocity` (its ``REFINE_OPTIONS``)."""
+    from medpipe.registration.deep import ENGINES, REFINE_OPTIONS
 
     if method not in METHODS:
         raise InputError(f"unknown registration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -93,10 +93,10 @@ def register(fixed: Image, moving: Image, method: str = "micdir", *, bundle: str
         raise InputError(f"unknown registration engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if precision not in ("fp32", "bf16"):
         raise InputError(f"registration precision must be fp32 or bf16, not {precision!r}")
-    unknown = set(refine_options or {}) - {"lr", "smooth", "window", "loss_resolution"}
+    unknown = set(refine_options or {}) - set(REFINE_OPTIONS)
     if unknown:
         raise InputError(f"unknown instance-optimisation option(s) {', '.join(sorted(unknown))}; "
-                         "choose from lr, smooth, window, loss_resolution")
+                         f"choose from {', '.join(REFINE_OPTIONS)}")
     check_volume(fixed, "the fixed image")
     check_volume(moving, "the moving image")
     deep = method in ("micdir", "voxelmorph")
