@@ -154,16 +154,13 @@ def sample_world(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, 
     out_shape = points.shape[:-1]
     coords = coords.reshape(1, 3, *out_shape) if len(out_shape) == 3 else coords.reshape(1, 3, 1, 1, -1)
     mode = "bilinear" if order == 1 else "nearest"
-    # zeros padding, then the fill value where the point left the grid (a half voxel of slack)
-    vals = spatial._sample(t, coords, mode, "zeros")[0]
+    # border padding, then the fill value where the point left the grid (a half voxel of slack).
+    # Within the slack, clamping the coordinate equals zero padding renormalised by the weight
+    # that fell inside (trilinear weights and the inside mask both factor per axis), without a
+    # second sampling pass of a ones volume.
+    vals = spatial._sample(t, coords, mode, "border")[0].numpy().reshape(volume.shape[0], *out_shape)
     n = np.asarray(volume.shape[1:])
     inside = np.all((vox >= -0.5) & (vox <= n - 0.5), axis=-1)
-    vals = vals.numpy().reshape(volume.shape[0], *out_shape)
-    if fill != 0.0 or order == 1:
-        # renormalise the border: grid_sample's zero padding darkens the last half voxel
-        ones = spatial._sample(torch.ones_like(t[:, :1]), coords, mode, "zeros")[0].numpy().reshape(out_shape)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vals = np.where(ones > 1e-6, vals / np.maximum(ones, 1e-6), 0.0)
     return np.where(inside[None], vals, np.float32(fill)).astype(np.float32)
 
 

@@ -36,6 +36,7 @@ from medpipe.registration.losses import LossWeights, pair_losses
 __all__ = ["RegTrainConfig", "RegTrainResult", "train_registration", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint_latest.pt"
+TRAINING_AFFINE_SAMPLING = 0.15  # the training images' atlas alignment (the shipped bundle's recipe)
 LOSS_TERMS = ("ncc", "smooth", "graph", "cycle", "supervised")  # averaged per epoch into the log
 LOG_FIELDS = ["epoch", "iterations", "loss", *LOSS_TERMS, "val_dice", "val_folding_pct", "val_epe_mm",
               "lr", "epoch_seconds", "train_seconds_total"]
@@ -120,7 +121,7 @@ def _prepare(folder: Path, cfg: RegTrainConfig, progress) -> tuple[list[_Volume]
     vols, ref_labels = [], None
     for i in progress(order, description="preparing images"):
         img = ref if i == ref_idx else check_volume(read_volume(files[i]), str(files[i]))
-        matrix = np.eye(4) if i == ref_idx else affine_align(ref, img)
+        matrix = np.eye(4) if i == ref_idx else affine_align(ref, img, sampling=TRAINING_AFFINE_SAMPLING)
         lab_path = folder / "labels" / files[i].name
         labels = None
         if lab_path.is_file():

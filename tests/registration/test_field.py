@@ -65,3 +65,26 @@ def test_onehot_label_warp_keeps_labels_and_bad_fields_are_refused(tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(InputError, match="not a readable NIfTI displacement field"):
         DisplacementField.load(tmp_path / "bad.nii.gz")
+
+
+def test_sample_world_is_trilinear_inside_with_the_edge_value_in_the_half_voxel_slack():
+    """Against scipy: map_coordinates (order 1) with the coordinates clamped to the grid is what
+    a point inside the grid or within half a voxel of its border gets; farther out, the fill."""
+    from scipy.ndimage import map_coordinates
+
+    from medpipe.registration.field import sample_world
+
+    rng = np.random.default_rng(3)
+    vol = rng.random((1, 6, 7, 5)).astype(np.float32)
+    aff = np.diag([2.0, 1.0, 1.5, 1.0])
+    aff[:3, 3] = [-4.0, 3.0, 1.0]
+    vox = rng.uniform(-1.2, 7.5, size=(400, 3))
+    pts = vox @ aff[:3, :3].T + aff[:3, 3]
+    got = sample_world(vol, aff, pts, order=1, fill=-7.0)[0]
+    n = np.asarray(vol.shape[1:])
+    inside = np.all((vox >= -0.5) & (vox <= n - 0.5), axis=-1)
+    clamped = np.clip(vox, 0, n - 1)
+    want = map_coordinates(vol[0].astype(np.float64), clamped.T, order=1)
+    assert inside.sum() > 100 and (~inside).sum() > 50
+    np.testing.assert_allclose(got[inside], want[inside], atol=1e-5)
+    assert np.all(got[~inside] == -7.0)

@@ -23,10 +23,18 @@ def test_local_ncc_is_minus_one_for_affine_intensity_changes_and_worse_when_shif
     assert float(local_ncc(a, 3.0 * a + 0.5)) < -0.99  # zero padding at the border breaks the offset slightly
     shifted = torch.roll(a, 2, dims=3)
     assert float(local_ncc(a, shifted)) > float(local_ncc(a, a)) + 0.2
-    # our separable box sum (channels summed apart) equals the dense 9^3 window
-    two = torch.cat((a, a * a), dim=1)
+    # our running-sum box sum (channels summed apart) equals the dense 9^3 window, gradient too
+    two = torch.cat((a, a * a), dim=1).requires_grad_(True)
     dense = torch.nn.functional.conv3d(two, torch.ones(2, 1, 9, 9, 9), padding=4, groups=2)
-    assert torch.allclose(_box_sum(two, 9), dense, rtol=1e-4, atol=1e-3)
+    ours = _box_sum(two, 9)
+    assert torch.allclose(ours, dense, rtol=1e-4, atol=1e-3)
+    weights = torch.rand_like(dense)
+    (g_dense,) = torch.autograd.grad((dense * weights).sum(), two)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), two)
+    assert torch.allclose(g_ours, g_dense, rtol=1e-4, atol=1e-3)
+    # a window of zeros sums to exactly zero, even after non-zero voxels on the same line
+    padded = torch.nn.functional.pad(a, (0, 12))  # 12 zero voxels after the last axis
+    assert float(_box_sum(padded, 9)[..., -3:].abs().max()) == 0.0
     # the fixed image's sums computed once (instance optimisation) give the same loss and gradient
     w = shifted.clone().requires_grad_(True)
     plain = local_ncc(a, w)
