@@ -169,6 +169,7 @@ bench-registration: bench-registration-deps
 	test -d build/bundles/brain_voxelmorph || $(MAKE) train-brain-voxelmorph
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration.py --threads 1
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration_io.py --threads 1
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/registration_int8.py --threads 1
 
 # Re-train the shipped CIRIM reconstruction bundle from nothing: simulate k-space from the brain
 # sources (train: MNI152, INIA19, phantoms, ITK complex slice; validation: ITK T1 head; held-out
